@@ -1,0 +1,110 @@
+"""The main job: train a small CNN dense and with PDP for the same epochs, then compare."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdprune.config import DEFAULT_TAU, PruneConfig
+from pdprune.data import load_dataset
+from pdprune.models import SmallCNN
+from pdprune.nn import prepare
+from pdprune.report import PruneReport
+from pdprune.schedule import Schedule
+from pdprune.training import TrainSettings, evaluate, train
+
+__all__ = ["DEFAULT_EPOCHS", "ComparisonResult", "run_comparison"]
+
+DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 8}
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """Dense and PDP-pruned twins trained with the same data order, epochs and optimizer."""
+
+    dataset: str
+    train_examples: int
+    test_examples: int
+    epochs: int
+    seed: int
+    sparsity: float
+    tau: float
+    dense_accuracy: float
+    pruned_accuracy: float
+    dense_params: int
+    pruned_nonzero_params: int
+    dense_seconds: float
+    pruned_seconds: float
+    report: PruneReport
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {k: v for k, v in self.__dict__.items() if k != "report"}
+        return fields | {
+            "achieved_sparsity": self.report.achieved_sparsity,
+            "accuracy_drop_points": 100 * (self.dense_accuracy - self.pruned_accuracy),
+            "report": self.report.to_dict(),
+        }
+
+
+def _build_model(data_shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    channels, side, _ = data_shape
+    return SmallCNN(in_channels=channels, num_classes=num_classes, image_size=side)
+
+
+def run_comparison(
+    dataset: str = "digits",
+    sparsity: float = 0.9,
+    epochs: int | None = None,
+    seed: int = 0,
+    tau: float = DEFAULT_TAU,
+    train_limit: int | None = None,
+    warmup: float = 0.1,
+    ramp: float = 0.5,
+    progress: bool = True,
+) -> ComparisonResult:
+    """Train dense and PDP twins of :class:`SmallCNN` on ``dataset`` and measure both."""
+    data = load_dataset(dataset)
+    if train_limit is not None:
+        data = data.subset(train=train_limit)
+    epochs = epochs if epochs is not None else DEFAULT_EPOCHS.get(dataset, 10)
+    config_for = lambda total: PruneConfig(  # noqa: E731
+        sparsity=sparsity, tau=tau, schedule=Schedule(total_steps=total, warmup=warmup, ramp=ramp)
+    )
+
+    def settings(description: str) -> TrainSettings:
+        return TrainSettings(epochs=epochs, seed=seed, progress=progress, description=description)
+
+    dense = _build_model(data.image_shape, data.num_classes, seed)
+    started = time.perf_counter()
+    train(dense, data, settings("dense"))
+    dense_seconds = time.perf_counter() - started
+
+    pruned = _build_model(data.image_shape, data.num_classes, seed)
+    started = time.perf_counter()
+    pruner = train(pruned, data, settings(f"PDP {sparsity:.0%}"), lambda m, total: prepare(m, config_for(total)))
+    assert pruner is not None
+    report = pruner.finalize()
+    pruned_seconds = time.perf_counter() - started
+
+    dense_params = sum(p.numel() for p in dense.parameters())
+    return ComparisonResult(
+        dataset=dataset,
+        train_examples=len(data.x_train),
+        test_examples=len(data.x_test),
+        epochs=epochs,
+        seed=seed,
+        sparsity=sparsity,
+        tau=tau,
+        dense_accuracy=evaluate(dense, data.x_test, data.y_test),
+        pruned_accuracy=evaluate(pruned, data.x_test, data.y_test),
+        dense_params=dense_params,
+        pruned_nonzero_params=sum(int(p.count_nonzero()) for p in pruned.parameters()),
+        dense_seconds=dense_seconds,
+        pruned_seconds=pruned_seconds,
+        report=report,
+    )

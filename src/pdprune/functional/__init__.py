@@ -1,0 +1,25 @@
+"""Pure tensor maths of PDP: thresholds, soft masks and hardening. No modules, no state."""
+
+from pdprune.functional.budgets import global_magnitude_budgets
+from pdprune.functional.masks import (
+    check_finite,
+    check_sparsity,
+    check_tau,
+    hard_mask,
+    keep_count,
+    midpoint_threshold,
+    soft_mask,
+    soft_masked_weight,
+)
+
+__all__ = [
+    "check_finite",
+    "check_sparsity",
+    "check_tau",
+    "global_magnitude_budgets",
+    "hard_mask",
+    "keep_count",
+    "midpoint_threshold",
+    "soft_mask",
+    "soft_masked_weight",
+]

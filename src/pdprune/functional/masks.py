@@ -1,0 +1,123 @@
+"""PDP's mask maths for unstructured sparsity: pure functions on tensors, no modules, no state.
+
+Conventions: ``sparsity`` r is the fraction of a tensor's elements removed; ``keep_count`` is how
+many survive. Squares, thresholds and masks are computed in float32 whatever the weight dtype, so
+fp16/bf16 weights never overflow or lose the comparison against the threshold.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "check_finite",
+    "check_sparsity",
+    "check_tau",
+    "hard_mask",
+    "keep_count",
+    "midpoint_threshold",
+    "soft_mask",
+    "soft_masked_weight",
+]
+
+
+def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
+    """Return ``sparsity`` as a float after checking it lies in [0, 1)."""
+    value = float(sparsity)
+    if not (0.0 <= value < 1.0):  # also rejects NaN
+        raise ValueError(
+            f"{what} must be in [0, 1), got {sparsity!r}: it is the fraction of weights removed "
+            f"(0.9 keeps one weight in ten); 1.0 would remove every weight."
+        )
+    return value
+
+
+def check_tau(tau: float, what: str = "tau") -> float:
+    """Return ``tau`` as a float after checking it is a finite positive number."""
+    value = float(tau)
+    if not (value > 0.0 and value != float("inf")):
+        raise ValueError(
+            f"{what} must be a finite number > 0, got {tau!r}: it is the mask temperature in units "
+            f"of squared weights (1e-4 is the usual value); small values give a harder mask."
+        )
+    return value
+
+
+def check_finite(weight: torch.Tensor, name: str = "weight") -> None:
+    """Raise a clear error if ``weight`` holds NaN or infinite values."""
+    if not bool(torch.isfinite(weight).all()):
+        bad = int((~torch.isfinite(weight)).sum())
+        raise FloatingPointError(
+            f"{name} holds {bad} NaN or infinite value(s), so no pruning threshold can be taken. "
+            f"Training has diverged before this point: lower the learning rate, enable gradient "
+            f"clipping, or check the inputs and loss for NaN."
+        )
+
+
+def keep_count(numel: int, sparsity: float) -> int:
+    """Number of elements kept at ``sparsity``: round((1 - r) * n), at least one while r < 1."""
+    if numel <= 0:
+        raise ValueError(f"cannot prune an empty tensor (numel={numel})")
+    r = check_sparsity(sparsity)
+    if r == 0.0:
+        return numel
+    return min(numel, max(1, round((1.0 - r) * numel)))
+
+
+def _magnitudes_f32(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().reshape(-1).abs().float()
+
+
+def midpoint_threshold(weight: torch.Tensor, sparsity: float, *, check: bool = True) -> torch.Tensor:
+    """PDP's threshold t: the midpoint between the smallest kept and largest pruned magnitude.
+
+    Returns a float32 scalar tensor on the weight's device, detached (t is a statistic of W, not
+    a function that gradients flow through). At sparsity 0 it is 0, so every weight is kept.
+    """
+    if check:
+        check_finite(weight)
+    n = weight.numel()
+    k = keep_count(n, sparsity)
+    mags = _magnitudes_f32(weight)
+    if k >= n:
+        return torch.zeros((), dtype=torch.float32, device=weight.device)
+    # The (k+1) largest magnitudes: the last two are a(k) and a(k+1).
+    top = torch.topk(mags, k + 1, sorted=True).values
+    return 0.5 * (top[k - 1] + top[k])
+
+
+def soft_mask(weight: torch.Tensor, threshold: torch.Tensor | float, tau: float) -> torch.Tensor:
+    """PDP's keep-mask m = sigmoid((w^2 - t^2) / tau), in float32, differentiable in ``weight``.
+
+    Written as (|w| - t)(|w| + t) rather than w^2 - t^2 so that huge bf16 weights do not overflow
+    to inf - inf; sigmoid saturates cleanly, so no exp(w^2/tau) is ever formed.
+    """
+    magnitude = weight.float().abs()
+    t = torch.as_tensor(threshold, dtype=torch.float32, device=weight.device).detach()
+    return torch.sigmoid((magnitude - t) * (magnitude + t) / tau)
+
+
+def soft_masked_weight(weight: torch.Tensor, threshold: torch.Tensor | float, tau: float) -> torch.Tensor:
+    """The weight a PDP layer computes with: m(w) * w, in the weight's dtype.
+
+    Its gradient with respect to w is m * (1 + 2 w^2 (1 - m) / tau), which boosts weights near
+    the threshold so they can cross it.
+    """
+    return (soft_mask(weight, threshold, tau) * weight.float()).to(weight.dtype)
+
+
+def hard_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Boolean mask keeping exactly ``keep_count(n, sparsity)`` largest-magnitude elements.
+
+    Ties are broken by position (the earlier element wins), so the result is deterministic and
+    always has the exact count. These are the weights with m >= 1/2 when magnitudes are distinct.
+    """
+    check_finite(weight)
+    n = weight.numel()
+    k = keep_count(n, sparsity)
+    if k >= n:
+        return torch.ones_like(weight, dtype=torch.bool)
+    order = torch.sort(_magnitudes_f32(weight), descending=True, stable=True).indices
+    mask = torch.zeros(n, dtype=torch.bool, device=weight.device)
+    mask[order[:k]] = True
+    return mask.view_as(weight)

@@ -1,0 +1,80 @@
+"""Applying a soft mask in forward without changing the model's parameters or state_dict keys.
+
+A forward pre-hook swaps the module's ``weight`` for m(w) * w for the duration of its forward and
+a forward hook (always called, even on error) puts the Parameter back. The stored weights stay
+dense, ``state_dict`` keys stay the original ones, ``isinstance`` still holds, and the hooks hold
+no reference to the model, so ``copy.deepcopy`` and pickling work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdprune.functional import midpoint_threshold, soft_masked_weight
+
+__all__ = ["MaskState", "SoftMaskHook"]
+
+
+class MaskState:
+    """The mutable pruning state of one weight tensor, shared by all modules that use it."""
+
+    def __init__(self, name: str, tau: float) -> None:
+        self.name = name
+        self.tau = tau
+        self.sparsity = 0.0  # in force now; 0 means no mask at all
+        self.calls = 0  # forward calls seen in training mode, to detect layers never called
+        self._cached: tuple[tuple[int, int, int, float], torch.Tensor] | None = None
+        self.epoch = 0  # bumped every optimizer step: thresholds are never reused across steps
+
+    def threshold(self, weight: torch.Tensor) -> torch.Tensor:
+        """t for ``weight`` at the sparsity in force, reused while the weight is unchanged."""
+        key = (id(weight), weight._version, self.epoch, self.sparsity)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        t = midpoint_threshold(weight, self.sparsity)
+        self._cached = (key, t)
+        return t
+
+    def masked(self, weight: torch.Tensor) -> torch.Tensor:
+        return soft_masked_weight(weight, self.threshold(weight), self.tau)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cached"] = None
+        return state
+
+
+class SoftMaskHook:
+    """Forward pre-hook and post-hook pair that computes a module with its masked weight."""
+
+    def __init__(self, state: MaskState, attribute: str = "weight") -> None:
+        self.state = state
+        self.attribute = attribute
+        self._stash: list[nn.Parameter] = []
+
+    def before(self, module: nn.Module, args: Any) -> None:
+        if module.training:
+            self.state.calls += 1
+        if self.state.sparsity == 0.0:
+            return
+        parameter = module._parameters[self.attribute]
+        self._stash.append(parameter)  # type: ignore[arg-type]
+        module._parameters[self.attribute] = self.state.masked(parameter)  # type: ignore[assignment]
+
+    def after(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._stash:
+            module._parameters[self.attribute] = self._stash.pop()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_stash"] = []
+        return state
+
+    def attach(self, module: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        return [
+            module.register_forward_pre_hook(self.before),
+            module.register_forward_hook(self.after, always_call=True),
+        ]

@@ -1,0 +1,276 @@
+"""The PDP pruner: an optimizer-shaped lifecycle over a model's selected weights.
+
+    pruner = pdprune.prepare(model, config)   # attach soft masks (no-op until warm-up ends)
+    ... loss.backward(); optimizer.step(); pruner.step()
+    report = pruner.finalize()                # harden, fold masks into weights, detach
+
+State that must survive a restart (step count, per-layer budgets, a fingerprint of the model and
+config) is in ``state_dict()``, made of plain Python values so ``torch.load(weights_only=True)``
+and JSON can both read it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pdprune.config import PruneConfig
+from pdprune.functional import global_magnitude_budgets, hard_mask, keep_count
+from pdprune.nn.masking import MaskState, SoftMaskHook
+from pdprune.nn.selection import PrunedTensor, select_tensors
+from pdprune.report import LayerReport, PruneReport
+
+__all__ = ["Pruner", "prepare"]
+
+STATE_FORMAT = 1
+
+
+class Pruner:
+    """Learns PDP masks for the selected weights of ``model`` during training.
+
+    Call :meth:`step` once after every optimizer step and :meth:`finalize` at the end.
+    """
+
+    def __init__(self, model: nn.Module, config: PruneConfig) -> None:
+        self.model = model
+        self.config = config
+        self.tensors: list[PrunedTensor] = select_tensors(model, config)
+        self.states: dict[str, MaskState] = {}
+        self.fixed: dict[str, float | None] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        for tensor in self.tensors:
+            override = config.override_for(tensor.users[0][0])
+            tau = override.tau if override and override.tau is not None else config.tau
+            self.fixed[tensor.name] = override.sparsity if override else None
+            state = MaskState(tensor.name, tau)
+            self.states[tensor.name] = state
+            for _, module in tensor.users:
+                self._handles += SoftMaskHook(state).attach(module)
+        self.step_count = 0
+        self.budgets: dict[str, float] | None = None
+        self.finalized = False
+        self._checked_calls = False
+        self._update_sparsity()
+
+    # ----------------------------------------------------------------- lifecycle
+    def step(self) -> None:
+        """Advance the schedule by one optimizer step and update the sparsity in force."""
+        self._require_active()
+        if not self._checked_calls:
+            self._check_layers_called()
+        self.step_count += 1
+        for state in self.states.values():
+            state.epoch += 1
+        self._update_sparsity()
+
+    def finalize(self) -> PruneReport:
+        """Harden every mask to its budget, fold it into the weights and remove the hooks.
+
+        Afterwards the model is an ordinary model whose pruned weights hold exact zeros. Returns
+        the report measured on the hardened weights.
+        """
+        self._require_active()
+        if self.step_count < self.config.schedule.warmup_steps + self.config.schedule.ramp_steps:
+            warnings.warn(
+                f"finalize() after {self.step_count} steps, before the schedule's ramp ends at step "
+                f"{self.config.schedule.warmup_steps + self.config.schedule.ramp_steps}: masks are "
+                f"hardened at the full budget now, which the network has not been trained for.",
+                stacklevel=2,
+            )
+        budgets = self._ensure_budgets()
+        with torch.no_grad():
+            for tensor in self.tensors:
+                weight = tensor.parameter
+                weight.mul_(hard_mask(weight, budgets[tensor.name]).to(weight.dtype))
+        self.remove()
+        self.finalized = True
+        return self.report()
+
+    def remove(self) -> None:
+        """Detach the masks without changing the weights (the model becomes dense again)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # ----------------------------------------------------------------- inspection
+    def current_sparsity(self) -> dict[str, float]:
+        """The sparsity in force for each pruned tensor at this step."""
+        return {name: state.sparsity for name, state in self.states.items()}
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Boolean keep-masks each tensor would get if hardened at its final budget now."""
+        budgets = self._budgets_for_view()
+        return {t.name: hard_mask(t.parameter.detach(), budgets[t.name]) for t in self.tensors}
+
+    def report(self) -> PruneReport:
+        """Per-layer and total sparsity. Achieved sparsity is measured on hardened masks: the
+        weights' zeros after :meth:`finalize`, the masks :meth:`finalize` would apply before it."""
+        budgets = self._budgets_for_view()
+        layers = []
+        for tensor in self.tensors:
+            weight = tensor.parameter.detach()
+            kept = int(weight.count_nonzero()) if self.finalized else keep_count(weight.numel(), budgets[tensor.name])
+            layers.append(
+                LayerReport(
+                    name=tensor.name,
+                    module_type=type(tensor.users[0][1]).__name__,
+                    shape=tuple(weight.shape),
+                    params=weight.numel(),
+                    target_sparsity=budgets[tensor.name],
+                    achieved_sparsity=1.0 - kept / weight.numel(),
+                )
+            )
+        seen: set[int] = set()
+        model_params = 0
+        for p in self.model.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                model_params += p.numel()
+        return PruneReport(
+            layers=layers,
+            target_sparsity=self.config.sparsity,
+            model_params=model_params,
+            finalized=self.finalized,
+            step=self.step_count,
+        )
+
+    # ----------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The pruner's resumable state, as plain Python values."""
+        return {
+            "format": STATE_FORMAT,
+            "step": self.step_count,
+            "finalized": self.finalized,
+            "budgets": dict(self.budgets) if self.budgets is not None else None,
+            "fingerprint": self._fingerprint(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state saved by :meth:`state_dict` of a pruner of the same model and config."""
+        self._require_active()
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(
+                "not a pdprune pruner checkpoint (missing or unknown 'format'); pass the dict that "
+                "Pruner.state_dict() returned."
+            )
+        if state.get("finalized"):
+            raise ValueError("this checkpoint was saved after finalize(); there is nothing to resume")
+        mine, theirs = self._fingerprint(), state.get("fingerprint", {})
+        if mine != theirs:
+            raise ValueError(
+                "pruner checkpoint was saved for a different model or config: "
+                + _describe_difference(theirs, mine)
+                + ". Build the same model and PruneConfig as the run that saved it."
+            )
+        self.step_count = int(state["step"])
+        budgets = state["budgets"]
+        self.budgets = {str(k): float(v) for k, v in budgets.items()} if budgets is not None else None
+        for s in self.states.values():
+            s.epoch += 1
+        self._update_sparsity()
+
+    # ----------------------------------------------------------------- internals
+    def _fingerprint(self) -> dict[str, Any]:
+        return {
+            "config": self.config.fingerprint(),
+            "tensors": {t.name: list(t.parameter.shape) for t in self.tensors},
+        }
+
+    def _require_active(self) -> None:
+        if self.finalized:
+            raise RuntimeError("this pruner has been finalized; the model is an ordinary model now")
+
+    def _ensure_budgets(self) -> dict[str, float]:
+        """The per-layer budgets, fixed the first time pruning needs them."""
+        if self.budgets is None:
+            self.budgets = self._compute_budgets(shared=True)
+        return self.budgets
+
+    def _budgets_for_view(self) -> dict[str, float]:
+        """Budgets for inspection: the fixed ones, or a preview that fixes nothing during warm-up."""
+        return self.budgets if self.budgets is not None else self._compute_budgets(shared=False)
+
+    def _compute_budgets(self, shared: bool) -> dict[str, float]:
+        names = [t.name for t in self.tensors]
+        fixed = [self.fixed[n] for n in names]
+        if self.config.budget == "global":
+            values = global_magnitude_budgets([t.parameter for t in self.tensors], self.config.sparsity, fixed)
+        else:
+            values = [self.config.sparsity if f is None else f for f in fixed]
+        if shared and dist.is_available() and dist.is_initialized():
+            # Every rank must prune the same layers equally; rank 0's view decides.
+            device = self.tensors[0].parameter.device
+            if dist.get_backend() == "nccl" and device.type != "cuda":
+                device = torch.device("cuda", torch.cuda.current_device())
+            shared = torch.tensor(values, dtype=torch.float64, device=device)
+            dist.broadcast(shared, src=0)
+            values = shared.tolist()
+        return dict(zip(names, values))
+
+    def _update_sparsity(self) -> None:
+        schedule = self.config.schedule
+        if not schedule.pruning_started(self.step_count):
+            return
+        budgets = self._ensure_budgets()
+        progress = schedule.progress(self.step_count)
+        for name, state in self.states.items():
+            state.sparsity = budgets[name] * progress
+
+    def _check_layers_called(self) -> None:
+        calls = {name: s.calls for name, s in self.states.items()}
+        if not any(calls.values()):
+            return  # no forward in training mode yet: nothing to judge
+        self._checked_calls = True
+        never = [name for name, c in calls.items() if c == 0]
+        if never:
+            raise RuntimeError(
+                f"{len(never)} pruned layer(s) were never called through their forward() during the "
+                f"first training step, so their masks cannot apply: {', '.join(never[:8])}. Their "
+                f"parent module reads the weight directly; exclude them with "
+                f"PruneConfig(exclude=[...]) or pass a filter_fn that skips them."
+            )
+
+
+def prepare(model: nn.Module, config: PruneConfig) -> Pruner:
+    """Attach PDP soft masks to the layers of ``model`` that ``config`` selects.
+
+    The model keeps its class, parameters and state_dict keys; masks apply in forward once the
+    schedule's warm-up is over. Returns the :class:`Pruner` that drives the schedule.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prepare() takes an nn.Module, got {type(model).__name__}")
+    if not isinstance(config, PruneConfig):
+        raise TypeError(f"prepare() takes a PruneConfig, got {type(config).__name__}")
+    masked = [name for name, module in model.named_modules() if _has_mask_hook(module)]
+    if masked:
+        raise RuntimeError(
+            f"this model is already prepared for pruning (masks on {', '.join(masked[:5])}); keep "
+            f"using its Pruner, or call pruner.remove() (or finalize()) before preparing it again."
+        )
+    return Pruner(model, config)
+
+
+def _has_mask_hook(module: nn.Module) -> bool:
+    return any(isinstance(getattr(h, "__self__", None), SoftMaskHook) for h in module._forward_pre_hooks.values())
+
+
+def _describe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    saved_tensors, current_tensors = saved.get("tensors", {}), current.get("tensors", {})
+    if saved_tensors != current_tensors:
+        missing = sorted(set(saved_tensors) - set(current_tensors))
+        extra = sorted(set(current_tensors) - set(saved_tensors))
+        reshaped = sorted(n for n in set(saved_tensors) & set(current_tensors) if saved_tensors[n] != current_tensors[n])
+        parts = []
+        if missing:
+            parts.append(f"layers missing here: {', '.join(missing[:5])}")
+        if extra:
+            parts.append(f"layers not in the checkpoint: {', '.join(extra[:5])}")
+        if reshaped:
+            parts.append(f"shapes differ for: {', '.join(reshaped[:5])}")
+        return "; ".join(parts)
+    keys = [k for k in saved.get("config", {}) if saved["config"].get(k) != current.get("config", {}).get(k)]
+    return f"config differs in {', '.join(keys) or 'unknown fields'}"

@@ -1,0 +1,161 @@
+"""What pruning did, layer by layer: a plain data object with text, JSON and plot renderings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pdprune.io import atomic_write, atomic_write_json, atomic_write_text
+
+__all__ = ["LayerReport", "PruneReport"]
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One pruned weight tensor: its size, the budget it was given and the sparsity it reached."""
+
+    name: str
+    module_type: str
+    shape: tuple[int, ...]
+    params: int
+    target_sparsity: float
+    achieved_sparsity: float
+
+    @property
+    def nonzero(self) -> int:
+        return self.params - round(self.achieved_sparsity * self.params)
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """Per-layer sparsity and totals over the pruned tensors and over the whole model."""
+
+    layers: list[LayerReport]
+    target_sparsity: float
+    model_params: int
+    finalized: bool
+    step: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pruned_params(self) -> int:
+        """Elements in the tensors under pruning."""
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def removed_params(self) -> int:
+        return sum(layer.params - layer.nonzero for layer in self.layers)
+
+    @property
+    def achieved_sparsity(self) -> float:
+        """Fraction of the pruned tensors' elements that are zero (or masked off)."""
+        return self.removed_params / self.pruned_params
+
+    @property
+    def model_sparsity(self) -> float:
+        """Fraction of all model parameters removed (biases, norms and unpruned layers count)."""
+        return self.removed_params / self.model_params
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target_sparsity": self.target_sparsity,
+            "achieved_sparsity": self.achieved_sparsity,
+            "pruned_params": self.pruned_params,
+            "nonzero_pruned_params": self.pruned_params - self.removed_params,
+            "model_params": self.model_params,
+            "model_nonzero_params": self.model_params - self.removed_params,
+            "model_sparsity": self.model_sparsity,
+            "finalized": self.finalized,
+            "step": self.step,
+            "layers": [asdict(layer) | {"shape": list(layer.shape)} for layer in self.layers],
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def to_text(self) -> str:
+        header = ("layer", "type", "shape", "params", "target", "achieved")
+        rows = [
+            (
+                layer.name,
+                layer.module_type,
+                "x".join(map(str, layer.shape)),
+                f"{layer.params:,}",
+                f"{layer.target_sparsity:.4f}",
+                f"{layer.achieved_sparsity:.4f}",
+            )
+            for layer in self.layers
+        ]
+        rows.append(
+            (
+                "total (pruned layers)",
+                "",
+                "",
+                f"{self.pruned_params:,}",
+                f"{self.target_sparsity:.4f}",
+                f"{self.achieved_sparsity:.4f}",
+            )
+        )
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+        def line(cells: tuple[str, ...]) -> str:
+            return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+        rule = "-" * len(line(header))
+        body = [line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1])]
+        kept = self.model_params - self.removed_params
+        body.append(
+            f"whole model: {self.model_params:,} parameters, {kept:,} nonzero "
+            f"({self.model_sparsity:.2%} removed){'' if self.finalized else ' [masks not yet hardened]'}"
+        )
+        return "\n".join(body)
+
+    def save(self, directory: str | os.PathLike[str], plot: bool | None = None) -> list[Path]:
+        """Write report.json, report.txt and (see ``plot``) sparsity.png atomically.
+
+        ``plot=None`` draws the plot when matplotlib is installed; ``plot=True`` requires it.
+        Returns the paths written.
+        """
+        out = Path(directory)
+        written = [
+            atomic_write_json(out / "report.json", self.to_dict()),
+            atomic_write_text(out / "report.txt", self.to_text() + "\n"),
+        ]
+        if plot or (plot is None and _have_matplotlib()):
+            written.append(self.save_plot(out / "sparsity.png"))
+        return written
+
+    def save_plot(self, path: str | os.PathLike[str]) -> Path:
+        """Bar chart of target and achieved sparsity per layer, written atomically as PNG."""
+        if not _have_matplotlib():
+            raise ImportError(
+                "plotting the report needs matplotlib: pip install 'pdprune[plot]' (or matplotlib)"
+            )
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = [layer.name for layer in self.layers]
+        positions = range(len(names))
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2.0), 4.5))
+        ax.bar([p - 0.2 for p in positions], [l.target_sparsity for l in self.layers], 0.4, label="target")
+        ax.bar([p + 0.2 for p in positions], [l.achieved_sparsity for l in self.layers], 0.4, label="achieved")
+        ax.set_xticks(list(positions), names, rotation=60, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("sparsity")
+        ax.set_title(f"per-layer sparsity (overall {self.achieved_sparsity:.2%} of pruned weights)")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        try:
+            return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        finally:
+            plt.close(fig)
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True

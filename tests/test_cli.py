@@ -1,0 +1,45 @@
+"""The command line, run as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pdprune import cli
+from pdprune.data import fashion_mnist
+
+
+def test_demo_quick_run_prints_comparison_and_writes_results(tmp_path, capsys):
+    code = cli.main(["demo", "--epochs", "3", "--train-limit", "400", "--out", str(tmp_path), "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "nonzero parameters" in out and "PDP 90%" in out
+    comparison = json.loads((tmp_path / "comparison.json").read_text())
+    assert comparison["achieved_sparsity"] == pytest.approx(0.9, abs=0.005)
+    assert 0.0 <= comparison["pruned_accuracy"] <= 1.0
+    assert comparison["epochs"] == 3 and comparison["train_examples"] == 400
+    assert {p.name for p in tmp_path.iterdir()} == {"comparison.json", "report.json", "report.txt", "sparsity.png"}
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.2", "abc"])
+def test_bad_sparsity_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--sparsity", value])
+    assert exit_info.value.code == 2
+    assert "sparsity" in capsys.readouterr().err
+
+
+def test_missing_fashion_mnist_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "absent")
+    monkeypatch.setenv(fashion_mnist.ENV_VAR, str(tmp_path / "empty"))
+    assert cli.main(["demo", "--dataset", "fashion-mnist", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "apt-get install dataset-fashion-mnist" in err and fashion_mnist.ENV_VAR in err
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "pdprune.cli", "demo", "--help"], capture_output=True, text=True,
+                            env=dict(os.environ))
+    assert result.returncode == 0 and "--sparsity" in result.stdout

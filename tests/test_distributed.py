@@ -1,0 +1,73 @@
+"""Under DistributedDataParallel every rank ends up with the same masks."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import pdprune
+
+WORLD = 2
+STEPS = 30
+
+
+def _worker(rank: int, store_file: str, result_dir: str) -> None:
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from tests.helpers import batch, config, mlp
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=WORLD)
+    try:
+        # Different initial weights per rank: DDP broadcasts rank 0's, and masks must follow.
+        model = mlp(seed=rank)
+        pruner = pdprune.prepare(model, config(total=STEPS, warmup=5, ramp=15))
+        ddp = DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+        for step in range(STEPS):
+            x, y = batch(WORLD * step + rank)  # each rank sees its own shard
+            loss = nn.functional.cross_entropy(ddp(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            pruner.step()
+        soft = {}
+        with torch.no_grad():
+            for tensor in pruner.tensors:
+                soft[tensor.name] = pruner.states[tensor.name].masked(tensor.parameter).clone()
+        hard = pruner.masks()
+        report = pruner.finalize()
+        torch.save(
+            {
+                "hard": hard,
+                "soft": soft,
+                "budgets": pruner.budgets,
+                "final": {k: v.clone() for k, v in model.state_dict().items()},
+                "sparsity": report.achieved_sparsity,
+            },
+            os.path.join(result_dir, f"rank{rank}.pt"),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_masks_identical_on_every_rank_under_ddp(tmp_path):
+    mp.spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    first = ranks[0]
+    assert first["sparsity"] == pytest.approx(0.9, abs=0.005)
+    for other in ranks[1:]:
+        assert other["budgets"] == first["budgets"]
+        for name in first["hard"]:
+            assert torch.equal(other["hard"][name], first["hard"][name]), name
+            assert torch.equal(other["soft"][name], first["soft"][name]), name
+        for key in first["final"]:
+            assert torch.equal(other["final"][key], first["final"][key]), key
