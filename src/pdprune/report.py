@@ -142,10 +142,11 @@ class PruneReport:
         ax.bar([p - 0.2 for p in positions], [l.target_sparsity for l in self.layers], 0.4, label="target")
         ax.bar([p + 0.2 for p in positions], [l.achieved_sparsity for l in self.layers], 0.4, label="achieved")
         ax.set_xticks(list(positions), names, rotation=60, ha="right", fontsize=8)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.15)
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
         ax.set_ylabel("sparsity")
         ax.set_title(f"per-layer sparsity (overall {self.achieved_sparsity:.2%} of pruned weights)")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left", ncol=2, frameon=False)
         fig.tight_layout()
         try:
             return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
