@@ -9,6 +9,7 @@
 """
 
 from pdprune.config import DEFAULT_TAU, LayerOverride, PruneConfig
+from pdprune.method import PDP, MaskMethod
 from pdprune.nn import DEFAULT_LAYER_TYPES, Pruner, default_filter, prepare
 from pdprune.report import LayerReport, PruneReport
 from pdprune.schedule import Schedule
@@ -20,6 +21,8 @@ __all__ = [
     "DEFAULT_TAU",
     "LayerOverride",
     "LayerReport",
+    "MaskMethod",
+    "PDP",
     "PruneConfig",
     "PruneReport",
     "Pruner",

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from torch import nn
 
 from pdprune.functional import check_sparsity, check_tau
+from pdprune.method import PDP, MaskMethod
 from pdprune.schedule import Schedule
 
 __all__ = ["DEFAULT_TAU", "LayerOverride", "PruneConfig"]
@@ -55,6 +56,8 @@ class PruneConfig:
         overrides: regex -> :class:`LayerOverride` (or a bare sparsity); the first match wins.
             Overridden sparsities are fixed; under "global" the rest share the remaining budget
             so the overall sparsity is still ``sparsity``.
+        method: the masking rule; :class:`pdprune.PDP` by default, or a baseline from
+            :mod:`pdprune.baselines` run under the same schedule and budgets.
     """
 
     sparsity: float
@@ -65,10 +68,16 @@ class PruneConfig:
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
     overrides: Mapping[str, LayerOverride | float] = field(default_factory=dict)
+    method: MaskMethod = field(default_factory=PDP)
 
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity)
         check_tau(self.tau)
+        if not isinstance(self.method, MaskMethod):
+            raise TypeError(
+                f"method must be a pdprune.MaskMethod such as pdprune.PDP() or pdprune.baselines.GMP(), "
+                f"got {type(self.method).__name__}"
+            )
         if not isinstance(self.schedule, Schedule):
             raise TypeError(f"schedule must be a pdprune.Schedule, got {type(self.schedule).__name__}")
         if self.budget not in ("global", "uniform"):
@@ -106,6 +115,7 @@ class PruneConfig:
                 "shape": self.schedule.shape,
             },
             "overrides": {p: [o.sparsity, o.tau] for p, o in self.overrides.items()},
+            "method": self.method.fingerprint(),
         }
 
 

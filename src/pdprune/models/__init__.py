@@ -1,5 +1,7 @@
 """Small reference models used by the demo and the benchmarks."""
 
+from pdprune.models.mobilenet import SmallMobileNetV2
+from pdprune.models.resnet import SmallResNet
 from pdprune.models.small_cnn import SmallCNN
 
-__all__ = ["SmallCNN"]
+__all__ = ["SmallCNN", "SmallMobileNetV2", "SmallResNet"]

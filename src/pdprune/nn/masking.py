@@ -1,6 +1,6 @@
-"""Applying a soft mask in forward without changing the model's parameters or state_dict keys.
+"""Applying a mask in forward without changing the model's parameters or state_dict keys.
 
-A forward pre-hook swaps the module's ``weight`` for m(w) * w for the duration of its forward and
+A forward pre-hook swaps the module's ``weight`` for the masked weight (m(w) * w for PDP) for the duration of its forward and
 a forward hook (always called, even on error) puts the Parameter back. The stored weights stay
 dense, ``state_dict`` keys stay the original ones, ``isinstance`` still holds, and the hooks hold
 no reference to the model, so ``copy.deepcopy`` and pickling work.
@@ -13,17 +13,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdprune.functional import midpoint_threshold, soft_masked_weight
+from pdprune.functional import midpoint_threshold
+from pdprune.method import MaskMethod
 
-__all__ = ["MaskState", "SoftMaskHook"]
+__all__ = ["MaskState", "MaskHook"]
 
 
 class MaskState:
     """The mutable pruning state of one weight tensor, shared by all modules that use it."""
 
-    def __init__(self, name: str, tau: float) -> None:
+    def __init__(self, name: str, tau: float, method: MaskMethod) -> None:
         self.name = name
         self.tau = tau
+        self.method = method
+        self.mask: torch.Tensor | None = None  # for methods that store a binary mask
+        self.mask_sparsity = 0.0  # the sparsity ``mask`` was computed at
         self.sparsity = 0.0  # in force now; 0 means no mask at all
         self.calls = 0  # forward calls seen in training mode, to detect layers never called
         self._cached: tuple[tuple[int, int, int, float], torch.Tensor] | None = None
@@ -39,7 +43,7 @@ class MaskState:
         return t
 
     def masked(self, weight: torch.Tensor) -> torch.Tensor:
-        return soft_masked_weight(weight, self.threshold(weight), self.tau)
+        return self.method.masked_weight(weight, self)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -47,7 +51,7 @@ class MaskState:
         return state
 
 
-class SoftMaskHook:
+class MaskHook:
     """Forward pre-hook and post-hook pair that computes a module with its masked weight."""
 
     def __init__(self, state: MaskState, attribute: str = "weight") -> None:

@@ -19,8 +19,8 @@ import torch.distributed as dist
 from torch import nn
 
 from pdprune.config import PruneConfig
-from pdprune.functional import global_magnitude_budgets, hard_mask, keep_count
-from pdprune.nn.masking import MaskState, SoftMaskHook
+from pdprune.functional import global_magnitude_budgets, keep_count
+from pdprune.nn.masking import MaskState, MaskHook
 from pdprune.nn.selection import PrunedTensor, select_tensors
 from pdprune.report import LayerReport, PruneReport
 
@@ -46,10 +46,10 @@ class Pruner:
             override = config.override_for(tensor.users[0][0])
             tau = override.tau if override and override.tau is not None else config.tau
             self.fixed[tensor.name] = override.sparsity if override else None
-            state = MaskState(tensor.name, tau)
+            state = MaskState(tensor.name, tau, config.method)
             self.states[tensor.name] = state
             for _, module in tensor.users:
-                self._handles += SoftMaskHook(state).attach(module)
+                self._handles += MaskHook(state).attach(module)
         self.step_count = 0
         self.budgets: dict[str, float] | None = None
         self.finalized = False
@@ -85,7 +85,8 @@ class Pruner:
         with torch.no_grad():
             for tensor in self.tensors:
                 weight = tensor.parameter
-                weight.mul_(hard_mask(weight, budgets[tensor.name]).to(weight.dtype))
+                state = self.states[tensor.name]
+                weight.mul_(self.config.method.final_mask(weight, state, budgets[tensor.name]).to(weight.dtype))
         self.remove()
         self.finalized = True
         return self.report()
@@ -104,7 +105,11 @@ class Pruner:
     def masks(self) -> dict[str, torch.Tensor]:
         """Boolean keep-masks each tensor would get if hardened at its final budget now."""
         budgets = self._budgets_for_view()
-        return {t.name: hard_mask(t.parameter.detach(), budgets[t.name]) for t in self.tensors}
+        method = self.config.method
+        return {
+            t.name: method.final_mask(t.parameter.detach(), self.states[t.name], budgets[t.name]).clone()
+            for t in self.tensors
+        }
 
     def report(self) -> PruneReport:
         """Per-layer and total sparsity. Achieved sparsity is measured on hardened masks: the
@@ -147,6 +152,11 @@ class Pruner:
             "finalized": self.finalized,
             "budgets": dict(self.budgets) if self.budgets is not None else None,
             "fingerprint": self._fingerprint(),
+            "stored_masks": {
+                name: {"mask": s.mask.clone(), "sparsity": s.mask_sparsity}
+                for name, s in self.states.items()
+                if s.mask is not None
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -169,9 +179,12 @@ class Pruner:
         self.step_count = int(state["step"])
         budgets = state["budgets"]
         self.budgets = {str(k): float(v) for k, v in budgets.items()} if budgets is not None else None
-        for s in self.states.values():
+        for name, s in self.states.items():
             s.epoch += 1
-        self._update_sparsity()
+            stored = state.get("stored_masks", {}).get(name)
+            s.mask = stored["mask"].to(self._parameter(name).device) if stored else None
+            s.mask_sparsity = float(stored["sparsity"]) if stored else 0.0
+        self._update_sparsity(apply_method=False)
 
     # ----------------------------------------------------------------- internals
     def _fingerprint(self) -> dict[str, Any]:
@@ -211,14 +224,23 @@ class Pruner:
             values = shared.tolist()
         return dict(zip(names, values))
 
-    def _update_sparsity(self) -> None:
+    def _parameter(self, name: str) -> nn.Parameter:
+        return next(t.parameter for t in self.tensors if t.name == name)
+
+    def _update_sparsity(self, apply_method: bool = True) -> None:
+        """Set each layer's sparsity for the current step, then let the method update its masks
+        (not when restoring a checkpoint, whose masks already belong to this step)."""
         schedule = self.config.schedule
         if not schedule.pruning_started(self.step_count):
             return
         budgets = self._ensure_budgets()
-        progress = schedule.progress(self.step_count)
+        progress = self.config.method.progress(schedule, self.step_count)
         for name, state in self.states.items():
             state.sparsity = budgets[name] * progress
+        if apply_method:
+            with torch.no_grad():
+                for tensor in self.tensors:
+                    self.config.method.update(tensor.parameter, self.states[tensor.name], self.step_count, schedule)
 
     def _check_layers_called(self) -> None:
         calls = {name: s.calls for name, s in self.states.items()}
@@ -255,7 +277,7 @@ def prepare(model: nn.Module, config: PruneConfig) -> Pruner:
 
 
 def _has_mask_hook(module: nn.Module) -> bool:
-    return any(isinstance(getattr(h, "__self__", None), SoftMaskHook) for h in module._forward_pre_hooks.values())
+    return any(isinstance(getattr(h, "__self__", None), MaskHook) for h in module._forward_pre_hooks.values())
 
 
 def _describe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
