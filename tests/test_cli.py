@@ -43,3 +43,10 @@ def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "pdprune.cli", "demo", "--help"], capture_output=True, text=True,
                             env=dict(os.environ))
     assert result.returncode == 0 and "--sparsity" in result.stdout
+
+
+def test_bad_output_folder_fails_before_training(tmp_path, capsys):
+    (tmp_path / "file").write_text("keep me")
+    assert cli.main(["demo", "--out", str(tmp_path / "file" / "sub"), "--no-progress"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "keep me"

@@ -315,7 +315,7 @@ def test_threshold_reused_within_a_step_and_recomputed_after_update(monkeypatch)
 
     calls = []
     real = masking.midpoint_threshold
-    monkeypatch.setattr(masking, "midpoint_threshold", lambda w, r: calls.append(1) or real(w, r))
+    monkeypatch.setattr(masking, "midpoint_threshold", lambda w, r, **kw: calls.append(1) or real(w, r, **kw))
     model = mlp()
     pruner = pdprune.prepare(model, config(warmup=0))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -326,3 +326,47 @@ def test_threshold_reused_within_a_step_and_recomputed_after_update(monkeypatch)
     pruner.step()
     model(torch.randn(4, 16))
     assert len(calls) == 6
+
+
+def test_numbers_of_any_kind_are_stored_as_plain_floats(tmp_path):
+    import numpy as np
+
+    cfg = pdprune.PruneConfig(
+        sparsity=np.float32(0.9),
+        tau=torch.tensor(1e-4),
+        schedule=pdprune.Schedule(total_steps=np.int64(60), warmup=np.int32(10), ramp=np.float64(0.5)),
+        overrides={"^4$": np.float64(0.5)},
+    )
+    assert type(cfg.sparsity) is float and type(cfg.tau) is float
+    assert type(cfg.schedule.total_steps) is int and type(cfg.schedule.warmup) is int
+    assert type(cfg.overrides["^4$"].sparsity) is float
+    pruner = pdprune.prepare(mlp(), cfg)
+    torch.save(pruner.state_dict(), tmp_path / "p.pt")
+    torch.load(tmp_path / "p.pt", weights_only=True)
+    pruner.report().save(tmp_path / "report")
+
+
+@pytest.mark.parametrize("field", ["sparsity", "tau"])
+def test_strings_are_rejected_up_front(field):
+    with pytest.raises(TypeError, match=f"{field} must be a number"):
+        config(**{field: "0.9"})
+    with pytest.raises(TypeError, match="must be a number"):
+        pdprune.LayerOverride(**{field: "0.5"})
+
+
+def test_nan_error_names_the_layer():
+    model = mlp()
+    pdprune.prepare(model, config(warmup=0))
+    with torch.no_grad():
+        model[4].weight[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"^4\.weight holds 1 NaN"):
+        model(torch.randn(2, 16))
+
+
+def test_stepping_past_the_schedule_warns():
+    model = mlp()
+    pruner = pdprune.prepare(model, config(total=3, warmup=0, ramp=1))
+    for _ in range(3):
+        pruner.step()
+    with pytest.warns(UserWarning, match="total_steps=3"):
+        pruner.step()

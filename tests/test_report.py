@@ -73,3 +73,20 @@ def test_report_before_finalize_previews_hardened_masks():
     report = pruner.report()
     assert not report.finalized and "not yet hardened" in report.to_text()
     assert report.achieved_sparsity == pytest.approx(0.9, abs=1e-3)
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "r.txt", "x")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_saving_into_a_file_path_is_a_clear_error(tmp_path, finalized_report):
+    _, report = finalized_report
+    (tmp_path / "taken").write_text("user data")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        report.save(tmp_path / "taken")
+    assert (tmp_path / "taken").read_text() == "user data"

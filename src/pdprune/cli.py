@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pdprune.config import DEFAULT_TAU
-from pdprune.data import DATASETS, FashionMNISTNotFound
+from pdprune.data import DATASETS
 from pdprune.functional import check_sparsity, check_tau
 from pdprune.io import atomic_write_json
 
@@ -61,12 +61,74 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder for report.json, report.txt, sparsity.png and comparison.json "
                       "(default: pdprune-results/demo-<dataset>)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    bench = commands.add_parser("bench", help="benchmarks that write result files").add_subparsers(
+        dest="bench", required=True
+    )
+    accuracy = bench.add_parser(
+        "accuracy",
+        help="dense vs PDP vs baselines at equal budget, several seeds",
+        description="Train dense, PDP and baselines with the same epochs, optimizer, LR schedule, budgets "
+        "and seeds; write accuracy_<tag>.json/.md/.png with mean and sd per cell.",
+    )
+    accuracy.add_argument("--quick", action="store_true",
+                          help="smoke test of the whole pipeline (a few minutes): tiny data, 2 seeds, 90%% only")
+    accuracy.add_argument("--tasks", nargs="+", choices=["resnet", "mobilenetv2", "minilm"],
+                          default=["resnet", "mobilenetv2", "minilm"],
+                          help="Fashion-MNIST ResNet / MobileNetV2, Rotten Tomatoes MiniLM-L6")
+    accuracy.add_argument("--methods", nargs="+", default=["pdp", "gmp", "oneshot"])
+    accuracy.add_argument("--sparsities", nargs="+", type=_sparsity, default=[0.8, 0.9, 0.95, 0.98, 0.99])
+    accuracy.add_argument("--text-sparsities", nargs="+", type=_sparsity, default=[0.9],
+                          help="sparsities for the MiniLM task (default 0.9)")
+    accuracy.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    accuracy.add_argument("--epochs", type=_positive_int, default=3, help="epochs for the image tasks")
+    accuracy.add_argument("--train-limit", type=_positive_int, default=None,
+                          help="first N Fashion-MNIST training images (default: all 60k)")
+    accuracy.add_argument("--text-steps", type=_positive_int, default=250)
+    accuracy.add_argument("--text-lr", type=float, default=1e-4)
+    accuracy.add_argument("--distill", action="store_true",
+                          help="MiniLM: distil from the dense fine-tuned model of the same seed")
+    accuracy.add_argument("--tau", type=_tau, default=DEFAULT_TAU)
+    accuracy.add_argument("--tag", default=None, help="result file name suffix (default: quick or cpu-<N>core)")
+    accuracy.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
+    accuracy.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def _run_bench_accuracy(args: argparse.Namespace) -> int:
+    import os
+
+    from pdprune.bench.accuracy import AccuracyGrid, PlanSettings, build_plan, run_accuracy
+    from pdprune.bench.methods import PruningSetup
+    from pdprune.io import ensure_writable_folder
+
+    ensure_writable_folder(args.out)
+    settings = PlanSettings(
+        epochs=args.epochs,
+        train_limit=args.train_limit,
+        image_sparsities=tuple(args.sparsities),
+        text_sparsities=tuple(args.text_sparsities),
+        text_steps=args.text_steps,
+        text_lr=args.text_lr,
+        distill=args.distill,
+    )
+    plan = build_plan(args.tasks, settings, quick=args.quick)
+    grid = AccuracyGrid(
+        methods=tuple(args.methods), seeds=(0, 1) if args.quick else tuple(args.seeds), setup=PruningSetup(tau=args.tau)
+    )
+    tag = args.tag or ("quick" if args.quick else f"cpu-{os.cpu_count()}core")
+    command = "pdprune " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "pdprune bench accuracy"
+    mode = "quick smoke test on tiny data: not an accuracy result" if args.quick else "full"
+    run_accuracy(plan, grid, args.out, tag, command, mode, progress=not args.no_progress)
+    print(f"wrote {args.out / f'accuracy_{tag}'}.json, .md and .png")
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from pdprune.demo import run_comparison
+    from pdprune.io import ensure_writable_folder
 
+    out = ensure_writable_folder(args.out if args.out is not None else Path("pdprune-results") / f"demo-{args.dataset}")
     print(f"pdprune demo: SmallCNN on {args.dataset}, target sparsity {args.sparsity:.0%}, seed {args.seed}",
           flush=True)
     result = run_comparison(
@@ -79,7 +141,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(f"{result.train_examples:,} training / {result.test_examples:,} test images, "
-          f"{result.epochs} epochs for each run\n")
+          f"{result.epochs} epoch{'s' if result.epochs != 1 else ''} for each run\n")
     print(result.report.to_text())
     print()
     rows = [
@@ -91,7 +153,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     ]
     for label, dense, pruned in rows:
         print(f"{label:<27}{dense:>12}{pruned:>12}")
-    out = args.out if args.out is not None else Path("pdprune-results") / f"demo-{args.dataset}"
     written = result.report.save(out)
     written.append(atomic_write_json(out / "comparison.json", result.to_dict()))
     print(f"\nwrote {', '.join(str(p) for p in written)}")
@@ -103,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _run_demo(args)
-    except (FashionMNISTNotFound, ImportError, ValueError) as error:
+        if args.command == "bench" and args.bench == "accuracy":
+            return _run_bench_accuracy(args)
+    except (OSError, ImportError, ValueError, TypeError) as error:
         print(f"pdprune: error: {error}", file=sys.stderr)
         return 2
     return 1

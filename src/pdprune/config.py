@@ -33,9 +33,9 @@ class LayerOverride:
 
     def __post_init__(self) -> None:
         if self.sparsity is not None:
-            check_sparsity(self.sparsity, "LayerOverride.sparsity")
+            object.__setattr__(self, "sparsity", check_sparsity(self.sparsity, "LayerOverride.sparsity"))
         if self.tau is not None:
-            check_tau(self.tau, "LayerOverride.tau")
+            object.__setattr__(self, "tau", check_tau(self.tau, "LayerOverride.tau"))
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,8 @@ class PruneConfig:
     method: MaskMethod = field(default_factory=PDP)
 
     def __post_init__(self) -> None:
-        check_sparsity(self.sparsity)
-        check_tau(self.tau)
+        object.__setattr__(self, "sparsity", check_sparsity(self.sparsity))
+        object.__setattr__(self, "tau", check_tau(self.tau))
         if not isinstance(self.method, MaskMethod):
             raise TypeError(
                 f"method must be a pdprune.MaskMethod such as pdprune.PDP() or pdprune.baselines.GMP(), "

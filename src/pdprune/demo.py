@@ -11,6 +11,7 @@ from torch import nn
 
 from pdprune.config import DEFAULT_TAU, PruneConfig
 from pdprune.data import load_dataset
+from pdprune.machine import machine_info
 from pdprune.models import SmallCNN
 from pdprune.nn import prepare
 from pdprune.report import PruneReport
@@ -44,6 +45,7 @@ class ComparisonResult:
     def to_dict(self) -> dict[str, Any]:
         fields = {k: v for k, v in self.__dict__.items() if k != "report"}
         return fields | {
+            "machine": machine_info(),
             "achieved_sparsity": self.report.achieved_sparsity,
             "accuracy_drop_points": 100 * (self.dense_accuracy - self.pruned_accuracy),
             "report": self.report.to_dict(),

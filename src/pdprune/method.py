@@ -40,7 +40,7 @@ class MaskMethod:
 
     def final_mask(self, weight: torch.Tensor, state: "MaskState", sparsity: float) -> torch.Tensor:
         """The boolean keep-mask that hardening applies."""
-        return hard_mask(weight, sparsity)
+        return hard_mask(weight, sparsity, state.name)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"name": self.name, **(asdict(self) if hasattr(self, "__dataclass_fields__") else {})}  # type: ignore[call-overload]

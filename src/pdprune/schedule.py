@@ -8,6 +8,7 @@ most weights early while the network can still recover.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,9 +18,10 @@ RampShape = Literal["linear", "cubic"]
 
 
 def _as_steps(value: int | float, total_steps: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what} must be an int (steps) or a float in [0, 1] (fraction), got {value!r}")
-    if isinstance(value, float):
+    if not isinstance(value, numbers.Integral):
+        value = float(value)
         if not 0.0 <= value <= 1.0:
             raise ValueError(
                 f"{what}={value!r}: a float is a fraction of total_steps and must be in [0, 1]; "
@@ -28,7 +30,7 @@ def _as_steps(value: int | float, total_steps: int, what: str) -> int:
         return round(value * total_steps)
     if value < 0:
         raise ValueError(f"{what} must be >= 0 steps, got {value}")
-    return value
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,16 @@ class Schedule:
     shape: RampShape = "linear"
 
     def __post_init__(self) -> None:
-        if isinstance(self.total_steps, bool) or not isinstance(self.total_steps, int) or self.total_steps < 1:
-            raise ValueError(f"total_steps must be a positive int, got {self.total_steps!r}")
+        if isinstance(self.total_steps, bool) or not isinstance(self.total_steps, numbers.Integral) or self.total_steps < 1:
+            raise ValueError(f"total_steps must be a positive int (optimizer steps), got {self.total_steps!r}")
+        object.__setattr__(self, "total_steps", int(self.total_steps))
+        for what in ("warmup", "ramp"):
+            value = getattr(self, what)
+            _as_steps(value, self.total_steps, what)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, what, int(value))
+            elif isinstance(value, numbers.Real):
+                object.__setattr__(self, what, float(value))
         if self.shape not in ("linear", "cubic"):
             raise ValueError(f"shape must be 'linear' or 'cubic', got {self.shape!r}")
         if self.warmup_steps + self.ramp_steps > self.total_steps:

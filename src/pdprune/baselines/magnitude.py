@@ -52,7 +52,7 @@ class GMP(MaskMethod):
         if state.sparsity == 0.0:
             return
         if self._due(state, step, schedule):
-            state.mask = hard_mask(weight, state.sparsity)
+            state.mask = hard_mask(weight, state.sparsity, state.name)
             state.mask_sparsity = state.sparsity
         assert state.mask is not None
         weight.mul_(state.mask.to(weight.dtype))
@@ -60,7 +60,7 @@ class GMP(MaskMethod):
     def final_mask(self, weight: torch.Tensor, state: "MaskState", sparsity: float) -> torch.Tensor:
         if state.mask is not None and state.mask_sparsity == sparsity:
             return state.mask
-        return hard_mask(weight, sparsity)
+        return hard_mask(weight, sparsity, state.name)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ def global_magnitude_budgets(
     weights: Sequence[torch.Tensor],
     sparsity: float,
     fixed: Sequence[float | None] | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[float]:
     """Per-tensor sparsities from one magnitude ranking over all ``weights`` together.
 
@@ -45,7 +46,7 @@ def global_magnitude_budgets(
             f"change the overall sparsity."
         )
     for i in free:
-        check_finite(weights[i], f"weight tensor #{i}")
+        check_finite(weights[i], names[i] if names is not None else f"weight tensor #{i}")
     device = weights[free[0]].device
     mags = torch.cat([weights[i].detach().reshape(-1).abs().float().to(device) for i in free])
     owner = torch.repeat_interleave(

@@ -7,6 +7,8 @@ fp16/bf16 weights never overflow or lose the comparison against the threshold.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 __all__ = [
@@ -21,9 +23,19 @@ __all__ = [
 ]
 
 
+def _as_real(value: object, what: str) -> float:
+    # Python, numpy and 0-d torch numbers are accepted and stored as a plain float, so reports and
+    # checkpoints hold plain values; strings and bools are rejected rather than guessed at.
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
 def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
     """Return ``sparsity`` as a float after checking it lies in [0, 1)."""
-    value = float(sparsity)
+    value = _as_real(sparsity, what)
     if not (0.0 <= value < 1.0):  # also rejects NaN
         raise ValueError(
             f"{what} must be in [0, 1), got {sparsity!r}: it is the fraction of weights removed "
@@ -34,7 +46,7 @@ def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
 
 def check_tau(tau: float, what: str = "tau") -> float:
     """Return ``tau`` as a float after checking it is a finite positive number."""
-    value = float(tau)
+    value = _as_real(tau, what)
     if not (value > 0.0 and value != float("inf")):
         raise ValueError(
             f"{what} must be a finite number > 0, got {tau!r}: it is the mask temperature in units "
@@ -68,14 +80,16 @@ def _magnitudes_f32(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().reshape(-1).abs().float()
 
 
-def midpoint_threshold(weight: torch.Tensor, sparsity: float, *, check: bool = True) -> torch.Tensor:
+def midpoint_threshold(
+    weight: torch.Tensor, sparsity: float, *, check: bool = True, name: str = "weight"
+) -> torch.Tensor:
     """PDP's threshold t: the midpoint between the smallest kept and largest pruned magnitude.
 
     Returns a float32 scalar tensor on the weight's device, detached (t is a statistic of W, not
     a function that gradients flow through). At sparsity 0 it is 0, so every weight is kept.
     """
     if check:
-        check_finite(weight)
+        check_finite(weight, name)
     n = weight.numel()
     k = keep_count(n, sparsity)
     mags = _magnitudes_f32(weight)
@@ -106,13 +120,13 @@ def soft_masked_weight(weight: torch.Tensor, threshold: torch.Tensor | float, ta
     return (soft_mask(weight, threshold, tau) * weight.float()).to(weight.dtype)
 
 
-def hard_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+def hard_mask(weight: torch.Tensor, sparsity: float, name: str = "weight") -> torch.Tensor:
     """Boolean mask keeping exactly ``keep_count(n, sparsity)`` largest-magnitude elements.
 
     Ties are broken by position (the earlier element wins), so the result is deterministic and
     always has the exact count. These are the weights with m >= 1/2 when magnitudes are distinct.
     """
-    check_finite(weight)
+    check_finite(weight, name)
     n = weight.numel()
     k = keep_count(n, sparsity)
     if k >= n:

@@ -38,7 +38,7 @@ class MaskState:
         key = (id(weight), weight._version, self.epoch, self.sparsity)
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
-        t = midpoint_threshold(weight, self.sparsity)
+        t = midpoint_threshold(weight, self.sparsity, name=self.name)
         self._cached = (key, t)
         return t
 

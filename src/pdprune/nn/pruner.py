@@ -63,6 +63,12 @@ class Pruner:
         if not self._checked_calls:
             self._check_layers_called()
         self.step_count += 1
+        if self.step_count == self.config.schedule.total_steps + 1:
+            warnings.warn(
+                f"step() called more than the schedule's total_steps={self.config.schedule.total_steps} times; "
+                f"the masks stay at their budget, but check that total_steps counts optimizer steps.",
+                stacklevel=2,
+            )
         for state in self.states.values():
             state.epoch += 1
         self._update_sparsity()
@@ -211,7 +217,7 @@ class Pruner:
         names = [t.name for t in self.tensors]
         fixed = [self.fixed[n] for n in names]
         if self.config.budget == "global":
-            values = global_magnitude_budgets([t.parameter for t in self.tensors], self.config.sparsity, fixed)
+            values = global_magnitude_budgets([t.parameter for t in self.tensors], self.config.sparsity, fixed, names)
         else:
             values = [self.config.sparsity if f is None else f for f in fixed]
         if shared and dist.is_available() and dist.is_initialized():

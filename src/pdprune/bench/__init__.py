@@ -1,0 +1,1 @@
+"""Benchmarks that compare pruning methods at equal budget and write result files."""

@@ -1,0 +1,62 @@
+"""The methods an accuracy benchmark compares, each with the pruning schedule its paper uses.
+
+Every method shares warm-up length, ramp length, per-layer budgets, optimizer, learning-rate
+schedule, epochs and seeds; only the masking rule and the ramp's shape (linear for PDP as in the
+paper, cubic for GMP as in Zhu & Gupta) differ. One-shot cuts the whole budget when warm-up ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from pdprune.baselines import GMP, OneShot
+from pdprune.config import DEFAULT_TAU, PruneConfig
+from pdprune.method import PDP, MaskMethod
+from pdprune.schedule import RampShape, Schedule
+
+__all__ = ["METHODS", "MethodSpec", "PruningSetup"]
+
+
+@dataclass(frozen=True)
+class PruningSetup:
+    """The budget-side settings every method in one comparison shares."""
+
+    warmup: float = 0.1
+    ramp: float = 0.5
+    budget: str = "global"
+    tau: float = DEFAULT_TAU
+    gmp_refreshes: int = 10  # mask refreshes over the ramp
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    shape: RampShape
+    make: Callable[[PruningSetup, int], MaskMethod]
+
+    def config(
+        self,
+        sparsity: float,
+        total_steps: int,
+        setup: PruningSetup,
+        filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    ) -> PruneConfig:
+        schedule = Schedule(total_steps=total_steps, warmup=setup.warmup, ramp=setup.ramp, shape=self.shape)
+        return PruneConfig(
+            sparsity=sparsity,
+            schedule=schedule,
+            tau=setup.tau,
+            budget=setup.budget,  # type: ignore[arg-type]
+            filter_fn=filter_fn,
+            method=self.make(setup, schedule.ramp_steps),
+        )
+
+
+METHODS: dict[str, MethodSpec] = {
+    "pdp": MethodSpec("pdp", "linear", lambda setup, ramp: PDP()),
+    "gmp": MethodSpec("gmp", "cubic", lambda setup, ramp: GMP(refresh_every=max(1, ramp // setup.gmp_refreshes))),
+    "oneshot": MethodSpec("oneshot", "linear", lambda setup, ramp: OneShot()),
+}

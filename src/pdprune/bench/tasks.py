@@ -1,0 +1,100 @@
+"""Benchmark tasks: a model, real data, a training recipe and a test metric, behind one call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from pdprune.config import PruneConfig
+from pdprune.data import load_dataset
+from pdprune.data.split import ImageSplit
+from pdprune.nn import prepare
+from pdprune.training import TrainSettings, evaluate, steps_per_epoch, train
+
+__all__ = ["IMAGE_MODELS", "ImageTask", "RunOutcome", "Task"]
+
+ConfigFor = Callable[[int], PruneConfig]  # total steps -> config
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    accuracy: float
+    achieved_sparsity: float
+    seconds: float
+    steps: int
+
+
+class Task(Protocol):
+    name: str
+
+    def describe(self) -> dict[str, object]: ...
+
+    def run(self, seed: int, config_for: ConfigFor | None, progress: bool, label: str) -> RunOutcome: ...
+
+
+def _resnet(channels: int, classes: int) -> nn.Module:
+    from pdprune.models import SmallResNet
+
+    return SmallResNet(channels, classes)
+
+
+def _mobilenet(channels: int, classes: int) -> nn.Module:
+    from pdprune.models import SmallMobileNetV2
+
+    return SmallMobileNetV2(channels, classes)
+
+
+IMAGE_MODELS: dict[str, Callable[[int, int], nn.Module]] = {"resnet": _resnet, "mobilenetv2": _mobilenet}
+
+
+@dataclass
+class ImageTask:
+    """An image classifier from :mod:`pdprune.models` trained on a dataset from :mod:`pdprune.data`."""
+
+    dataset: str
+    model: str
+    epochs: int
+    train_limit: int | None = None
+    test_limit: int | None = None
+    batch_size: int = 64
+    lr: float = 2e-3
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.model}"
+
+    @cached_property
+    def data(self) -> ImageSplit:
+        data = load_dataset(self.dataset)
+        return data.subset(train=self.train_limit, test=self.test_limit)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "task": self.name,
+            "train_examples": len(self.data.x_train),
+            "test_examples": len(self.data.x_test),
+            "epochs": self.epochs,
+            "steps": self.epochs * steps_per_epoch(len(self.data.x_train), self.batch_size),
+            "optimizer": f"Adam lr {self.lr}, cosine decay to 0, batch {self.batch_size}",
+        }
+
+    def run(self, seed: int, config_for: ConfigFor | None, progress: bool, label: str) -> RunOutcome:
+        torch.manual_seed(seed)
+        model = IMAGE_MODELS[self.model](self.data.image_shape[0], self.data.num_classes)
+        settings = TrainSettings(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed, progress=progress, description=label
+        )
+        started = time.perf_counter()
+        make = (lambda m, total: prepare(m, config_for(total))) if config_for else None
+        pruner = train(model, self.data, settings, make)
+        sparsity = pruner.finalize().achieved_sparsity if pruner is not None else 0.0
+        seconds = time.perf_counter() - started
+        accuracy = evaluate(model, self.data.x_test, self.data.y_test)
+        steps = self.epochs * steps_per_epoch(len(self.data.x_train), self.batch_size)
+        return RunOutcome(accuracy, sparsity, seconds, steps)
