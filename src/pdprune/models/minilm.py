@@ -34,6 +34,7 @@ def _transformers():
     except ImportError:
         raise ImportError(f"the MiniLM task needs transformers: {INSTALL}") from None
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     return transformers
 
 
