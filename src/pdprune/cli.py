@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pdprune", description="Prune PyTorch models while they train (PDP, Cho et al. 2023)."
     )
+    from pdprune import __version__
+
+    parser.add_argument("--version", action="version", version=f"pdprune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",

@@ -30,7 +30,8 @@ STATE_FORMAT = 1
 
 
 class Pruner:
-    """Learns PDP masks for the selected weights of ``model`` during training.
+    """Learns masks for the selected weights of ``model`` during training (PDP unless the config
+    names another method).
 
     Call :meth:`step` once after every optimizer step and :meth:`finalize` at the end.
     """
