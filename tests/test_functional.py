@@ -152,3 +152,17 @@ def test_keep_count_rounds_and_keeps_at_least_one():
     assert keep_count(3, 0.5) == 2  # round(1.5) -> 2 (banker's rounding)
     assert all(keep_count(n, r) >= 1 for n in range(1, 50) for r in (0.5, 0.9, 0.999))
     assert math.isclose(1 - keep_count(4096, 0.9) / 4096, 0.9, abs_tol=1 / 4096)
+
+
+def test_mask_never_produces_denormal_values():
+    # Denormal floats make CPU matmuls many times slower; far below t the mask is exactly 0.
+    tiny = torch.finfo(torch.float32).tiny
+    weight = torch.cat([torch.linspace(-0.3, 0.3, 10001), torch.tensor([1e-30, -1e-20, 0.0])])
+    for tau in (1e-6, 1e-4, 1e-2):
+        t = midpoint_threshold(weight, 0.9)
+        mask = soft_mask(weight, t, tau)
+        masked = soft_masked_weight(weight, t, tau)
+        for values in (mask, masked):
+            assert not bool(((values != 0) & (values.abs() < tiny)).any())
+        if t * t / tau > 60:  # sigmoid(-t^2/tau) is far below float32 resolution there
+            assert float(mask[weight.abs() < 1e-3].max()) == 0.0

@@ -33,6 +33,9 @@ def _as_real(value: object, what: str) -> float:
     return float(value)
 
 
+LOGIT_FLOOR = -50.0  # sigmoid(-50) = 1.9e-22
+
+
 def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
     """Return ``sparsity`` as a float after checking it lies in [0, 1)."""
     value = _as_real(sparsity, what)
@@ -108,7 +111,12 @@ def soft_mask(weight: torch.Tensor, threshold: torch.Tensor | float, tau: float)
     """
     magnitude = weight.float().abs()
     t = torch.as_tensor(threshold, dtype=torch.float32, device=weight.device).detach()
-    return torch.sigmoid((magnitude - t) * (magnitude + t) / tau)
+    logit = (magnitude - t) * (magnitude + t) / tau
+    # Far below the threshold sigmoid underflows into denormal floats, and matmuls with denormal
+    # weights ran 30x slower on x86 CPUs (MiniLM-L6 at 90%: 19 s vs 0.6 s per forward). Below
+    # LOGIT_FLOOR the mask is exactly 0 instead: a change of < 2e-22 in m, below float32 resolution
+    # of any kept weight.
+    return torch.where(logit > LOGIT_FLOOR, torch.sigmoid(logit), 0.0)
 
 
 def soft_masked_weight(weight: torch.Tensor, threshold: torch.Tensor | float, tau: float) -> torch.Tensor:
