@@ -5,7 +5,7 @@ paper does for BERT)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import torch
@@ -112,8 +112,6 @@ class MiniLMTask:
         if config_for is not None:
             config = config_for(self.steps)
             if config.filter_fn is None:
-                from dataclasses import replace
-
                 config = replace(config, filter_fn=encoder_linear_filter)
             pruner = prepare(model, config)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=0.01)
