@@ -253,6 +253,6 @@ def run_accuracy(
                 result["cells"] = summarise(result["rows"])
                 result["wall_seconds"] = time.time() - started
                 atomic_write_json(stem.with_suffix(".json"), result)
-    atomic_write_text(stem.with_suffix(".md"), _markdown(result))
+                atomic_write_text(stem.with_suffix(".md"), _markdown(result))
     _plot(result, stem.with_suffix(".png"))
     return result
