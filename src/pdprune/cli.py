@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--tau", type=_tau, default=DEFAULT_TAU)
     accuracy.add_argument("--tag", default=None, help="result file name suffix (default: quick or cpu-<N>core)")
     accuracy.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
+    accuracy.add_argument("--mode", default="full grid",
+                          help="one line saying what kind of run this is, written into the results")
     accuracy.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -121,7 +123,7 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
     )
     tag = args.tag or ("quick" if args.quick else f"cpu-{os.cpu_count()}core")
     command = "pdprune " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "pdprune bench accuracy"
-    mode = "quick smoke test on tiny data: not an accuracy result" if args.quick else "full"
+    mode = "quick smoke test on tiny data: not an accuracy result" if args.quick else args.mode
     run_accuracy(plan, grid, args.out, tag, command, mode, progress=not args.no_progress)
     print(f"wrote {args.out / f'accuracy_{tag}'}.json, .md and .png")
     return 0
