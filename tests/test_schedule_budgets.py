@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pdprune import Schedule
-from pdprune.functional import global_magnitude_budgets, keep_count
+from pdprune import PruneConfig, Schedule, prepare
+from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count
+from pdprune.models import SmallResNet
 
 
 def test_linear_ramp_in_steps():
@@ -70,3 +73,73 @@ def test_global_budgets_respect_fixed_layers():
 def test_impossible_overrides_are_explained():
     with pytest.raises(ValueError, match="loosen the overrides"):
         global_magnitude_budgets([torch.randn(100), torch.randn(10)], 0.95, fixed=[0.0, None])
+
+
+def _kept(shapes, budgets):
+    return sum(keep_count(int(torch.Size(shape).numel()), r) for shape, r in zip(shapes, budgets))
+
+
+shape_lists = st.lists(
+    st.one_of(
+        st.tuples(st.integers(1, 64), st.integers(1, 64)),
+        st.tuples(st.integers(1, 32), st.integers(1, 16), st.sampled_from([1, 3]), st.sampled_from([1, 3])),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes=shape_lists, sparsity=st.floats(0.0, 0.995))
+def test_erk_budgets_are_exact_and_never_empty_a_layer(shapes, sparsity):
+    total = sum(int(torch.Size(s).numel()) for s in shapes)
+    if keep_count(total, sparsity) < len(shapes):
+        with pytest.raises(ValueError, match="loosen|leaves"):
+            erk_budgets(shapes, sparsity)
+        return
+    budgets = erk_budgets(shapes, sparsity)
+    assert _kept(shapes, budgets) == keep_count(total, sparsity)
+    assert all(0.0 <= r < 1.0 for r in budgets)
+
+
+def test_erk_keeps_small_and_thin_layers_denser():
+    shapes = [(16, 1, 3, 3), (64, 64, 3, 3), (128, 128, 3, 3), (10, 128)]
+    budgets = erk_budgets(shapes, 0.99)
+    assert _kept(shapes, budgets) == keep_count(sum(torch.Size(s).numel() for s in shapes), 0.99)
+    assert budgets[2] > budgets[1] > budgets[0]
+    assert budgets[3] < budgets[1]
+    # Densities follow sum(shape)/prod(shape) among the layers that are not capped.
+    density = [1 - r for r in budgets]
+    ratio = (sum(shapes[2]) / torch.Size(shapes[2]).numel()) / (sum(shapes[1]) / torch.Size(shapes[1]).numel())
+    assert density[2] / density[1] == pytest.approx(ratio, rel=0.01)
+
+
+def test_erk_caps_dense_layers_and_spreads_the_excess():
+    shapes = [(2, 2), (1000, 1000)]
+    budgets = erk_budgets(shapes, 0.5)
+    assert budgets[0] == 0.0
+    assert _kept(shapes, budgets) == keep_count(1_000_004, 0.5)
+
+
+def test_erk_respects_fixed_layers():
+    shapes = [(10, 10), (30, 10), (60, 10)]
+    budgets = erk_budgets(shapes, 0.8, fixed=[0.5, None, None])
+    assert budgets[0] == 0.5
+    assert _kept(shapes, budgets) == keep_count(1000, 0.8)
+
+
+def test_erk_keeps_every_resnet_layer_alive_at_99_percent():
+    """The magnitude ranking leaves single weights in small layers at 99%; ERK does not."""
+    torch.manual_seed(0)
+    model = SmallResNet()
+    collapsed = prepare(model, PruneConfig(sparsity=0.99, schedule=Schedule(100))).report()
+    assert min(layer.nonzero for layer in collapsed.layers) == 1  # what ERK is for
+    torch.manual_seed(0)
+    report = prepare(SmallResNet(), PruneConfig(sparsity=0.99, schedule=Schedule(100), budget="erk")).report()
+    assert report.achieved_sparsity == pytest.approx(0.99, abs=1e-4)
+    assert min(layer.nonzero for layer in report.layers) >= 9
+
+
+def test_unknown_budget_is_rejected_with_the_choices():
+    with pytest.raises(ValueError, match="'global', 'erk', 'uniform'"):
+        PruneConfig(sparsity=0.9, schedule=Schedule(10), budget="erdos")

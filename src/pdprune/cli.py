@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pdprune.config import DEFAULT_TAU
+from pdprune.config import BUDGETS, DEFAULT_TAU
 from pdprune.data import DATASETS
 from pdprune.functional import check_sparsity, check_tau
 from pdprune.io import atomic_write_json
@@ -83,14 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--sparsities", nargs="+", type=_sparsity, default=[0.8, 0.9, 0.95, 0.98, 0.99])
     accuracy.add_argument("--text-sparsities", nargs="+", type=_sparsity, default=[0.9],
                           help="sparsities for the MiniLM task (default 0.9)")
+    accuracy.add_argument("--budgets", nargs="+", choices=BUDGETS, default=["global"],
+                          help="per-layer budget rules for the image tasks, each its own axis (default global)")
+    accuracy.add_argument("--text-budgets", nargs="+", choices=BUDGETS, default=["uniform"],
+                          help="per-layer budget rules for MiniLM (default uniform)")
     accuracy.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     accuracy.add_argument("--epochs", type=_positive_int, default=3, help="epochs for the image tasks")
     accuracy.add_argument("--train-limit", type=_positive_int, default=None,
                           help="first N Fashion-MNIST training images (default: all 60k)")
     accuracy.add_argument("--text-steps", type=_positive_int, default=250)
     accuracy.add_argument("--text-lr", type=float, default=1e-4)
-    accuracy.add_argument("--distill", action="store_true",
-                          help="MiniLM: distil from the dense fine-tuned model of the same seed")
+    accuracy.add_argument("--distill", choices=["off", "on", "both"], default="off",
+                          help="MiniLM: distil from the dense fine-tuned model of the same seed "
+                               "(both: each method with, then without; each dense model is trained once)")
     accuracy.add_argument("--tau", type=_tau, default=DEFAULT_TAU)
     accuracy.add_argument("--tag", default=None, help="result file name suffix (default: quick or cpu-<N>core)")
     accuracy.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
@@ -113,9 +118,11 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
         train_limit=args.train_limit,
         image_sparsities=tuple(args.sparsities),
         text_sparsities=tuple(args.text_sparsities),
+        image_budgets=tuple(dict.fromkeys(args.budgets)),
+        text_budgets=tuple(dict.fromkeys(args.text_budgets)),
         text_steps=args.text_steps,
         text_lr=args.text_lr,
-        distill=args.distill,
+        distill={"off": (False,), "on": (True,), "both": (True, False)}[args.distill],
     )
     plan = build_plan(args.tasks, settings, quick=args.quick)
     grid = AccuracyGrid(

@@ -20,7 +20,8 @@ __all__ = ["DEFAULT_TAU", "LayerOverride", "PruneConfig"]
 #: a scale-aware 0.05 * t^2 at 90% and 95% sparsity; the accuracy benchmark is where to revisit it.
 DEFAULT_TAU = 1e-4
 
-Budget = Literal["global", "uniform"]
+Budget = Literal["global", "erk", "uniform"]
+BUDGETS: tuple[str, ...] = ("global", "erk", "uniform")
 ModuleFilter = Callable[[nn.Module, str], bool]
 
 
@@ -46,9 +47,12 @@ class PruneConfig:
         sparsity: fraction of the selected weights removed at the end, in [0, 1).
         schedule: warm-up and ramp lengths (see :class:`pdprune.Schedule`).
         tau: soft-mask temperature in units of squared weights.
-        budget: "global" ranks all selected weights by magnitude once, when pruning starts, and
-            gives each layer the fraction of its weights below the global cut; "uniform" gives
-            every layer ``sparsity``.
+        budget: how the overall sparsity is split over layers, fixed when pruning starts.
+            "global" ranks all selected weights by magnitude and gives each layer the fraction of
+            its weights below the global cut (at extreme sparsity it can leave small layers a
+            single weight); "erk" sizes layers by shape, Erdős-Rényi-Kernel, keeping small and
+            thin layers denser; "uniform" gives every layer ``sparsity`` (what fine-tuned
+            transformers usually get).
         filter_fn: ``(module, fqn) -> bool`` choosing the modules whose ``weight`` is pruned.
             Default: Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d.
         include / exclude: regexes searched in module names (``re.search``); a module is pruned
@@ -80,8 +84,8 @@ class PruneConfig:
             )
         if not isinstance(self.schedule, Schedule):
             raise TypeError(f"schedule must be a pdprune.Schedule, got {type(self.schedule).__name__}")
-        if self.budget not in ("global", "uniform"):
-            raise ValueError(f"budget must be 'global' or 'uniform', got {self.budget!r}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {', '.join(map(repr, BUDGETS))}, got {self.budget!r}")
         for what in ("include", "exclude"):
             patterns = getattr(self, what)
             if isinstance(patterns, str):

@@ -12,7 +12,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ from pdprune.machine import machine_info
 
 __all__ = ["AccuracyGrid", "PlanSettings", "build_plan", "run_accuracy", "summarise"]
 
-Plan = Sequence[tuple[Task, Sequence[float]]]  # each task with the sparsities it is measured at
+# Each task with the sparsities and the per-layer budget rules it is measured at.
+Plan = Sequence[tuple[Task, Sequence[float], Sequence[str]]]
 
 
 @dataclass(frozen=True)
@@ -34,18 +35,22 @@ class PlanSettings:
     train_limit: int | None = None
     image_sparsities: tuple[float, ...] = (0.8, 0.9, 0.95, 0.98, 0.99)
     text_sparsities: tuple[float, ...] = (0.9,)
+    image_budgets: tuple[str, ...] = ("global",)
+    text_budgets: tuple[str, ...] = ("uniform",)
     text_steps: int = 250
     text_lr: float = 1e-4
-    distill: bool = False
+    distill: tuple[bool, ...] = (False,)  # MiniLM without and/or with distillation
 
 
-def build_plan(task_names: Sequence[str], settings: PlanSettings, quick: bool = False) -> list[tuple[Task, tuple[float, ...]]]:
+def build_plan(
+    task_names: Sequence[str], settings: PlanSettings, quick: bool = False
+) -> list[tuple[Task, tuple[float, ...], tuple[str, ...]]]:
     """The standard tasks by short name: "resnet" and "mobilenetv2" on Fashion-MNIST, "minilm" on
     Rotten Tomatoes. ``quick`` shrinks data and steps to a smoke test of the whole pipeline."""
     from pdprune.bench.tasks import IMAGE_MODELS, ImageTask
     from pdprune.bench.text_task import MiniLMTask
 
-    plan: list[tuple[Task, tuple[float, ...]]] = []
+    plan: list[tuple[Task, tuple[float, ...], tuple[str, ...]]] = []
     for name in task_names:
         if name in IMAGE_MODELS:
             task: Task = ImageTask(
@@ -55,17 +60,21 @@ def build_plan(task_names: Sequence[str], settings: PlanSettings, quick: bool = 
                 train_limit=512 if quick else settings.train_limit,
                 test_limit=1000 if quick else None,
             )
-            plan.append((task, (0.9,) if quick else settings.image_sparsities))
+            plan.append((task, (0.9,) if quick else settings.image_sparsities, settings.image_budgets))
         elif name == "minilm":
-            task = MiniLMTask(
-                steps=6 if quick else settings.text_steps,
-                batch_size=8 if quick else 32,
-                lr=settings.text_lr,
-                distill=settings.distill,
-                train_limit=128 if quick else None,
-                test_limit=128 if quick else None,
-            )
-            plan.append((task, (0.9,) if quick else settings.text_sparsities))
+            dense_runs: dict = {}  # the variants share each seed's dense model (and teacher)
+            for distill in settings.distill:
+                task = MiniLMTask(
+                    steps=6 if quick else settings.text_steps,
+                    batch_size=8 if quick else 32,
+                    lr=settings.text_lr,
+                    distill=distill,
+                    train_limit=128 if quick else None,
+                    test_limit=128 if quick else None,
+                    dense_runs=dense_runs,
+                    keep_teacher=any(settings.distill),
+                )
+                plan.append((task, (0.9,) if quick else settings.text_sparsities, settings.text_budgets))
         else:
             raise ValueError(f"unknown task {name!r}; choose from {', '.join([*IMAGE_MODELS, 'minilm'])}")
     return plan
@@ -96,15 +105,16 @@ def _stats(values: list[float]) -> dict[str, float | int]:
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sample standard deviation of accuracy (in %) per (task, method, sparsity)."""
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
+    """Mean and sample standard deviation of accuracy (in %) per (task, budget, method, sparsity)."""
+    groups: dict[tuple[str, str, str, float], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[(row["task"], row["method"], row["sparsity"])].append(row)
+        groups[(row["task"], row["budget"], row["method"], row["sparsity"])].append(row)
     cells = []
-    for (task, method, sparsity), members in groups.items():
+    for (task, budget, method, sparsity), members in groups.items():
         cells.append(
             {
                 "task": task,
+                "budget": budget,
                 "method": method,
                 "sparsity": sparsity,
                 "accuracy": _stats([100 * r["accuracy"] for r in members]),
@@ -117,12 +127,12 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _targets(cells: list[dict[str, Any]]) -> list[str]:
     """The issue's targets, checked on the measured cells (stated, never assumed)."""
-    by = {(c["task"], c["method"], c["sparsity"]): c["accuracy"] for c in cells}
+    by = {(c["task"], c["budget"], c["method"], c["sparsity"]): c["accuracy"] for c in cells}
     lines = []
-    for (task, method, sparsity), pdp in sorted(by.items()):
-        if method != "pdp" or (task, "gmp", sparsity) not in by:
+    for (task, budget, method, sparsity), pdp in sorted(by.items()):
+        if method != "pdp" or (task, budget, "gmp", sparsity) not in by:
             continue
-        gmp = by[(task, "gmp", sparsity)]
+        gmp = by[(task, budget, "gmp", sparsity)]
         gap = pdp["mean"] - gmp["mean"]
         verdicts = [f"PDP - GMP = {gap:+.2f} points (GMP sd {gmp['std']:.2f})"]
         verdicts.append("within 1 sd or better" if gap >= -gmp["std"] else "BELOW GMP by more than 1 sd")
@@ -130,7 +140,7 @@ def _targets(cells: list[dict[str, Any]]) -> list[str]:
             verdicts.append("target +1: " + ("met" if gap >= 1 else "not met"))
         if task.startswith("rotten-tomatoes") and abs(sparsity - 0.9) < 1e-9:
             verdicts.append("target +2: " + ("met" if gap >= 2 else "not met"))
-        lines.append(f"- {task} at {sparsity:.0%}: " + "; ".join(verdicts))
+        lines.append(f"- {task}, {budget} budgets, at {sparsity:.0%}: " + "; ".join(verdicts))
     return lines
 
 
@@ -152,13 +162,15 @@ def _markdown(result: dict[str, Any]) -> str:
         details = ", ".join(f"{k}: {v}" for k, v in task.items() if k not in ("task", "sparsities"))
         lines += ["", f"## {name}", "", details, ""]
         dense = next((c for c in cells if c["task"] == name and c["method"] == "dense"), None)
-        header = ["sparsity", "dense", *methods]
+        header = ["sparsity", "budgets", "dense", *methods]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        sparsities = sorted({c["sparsity"] for c in cells if c["task"] == name and c["method"] != "dense"})
-        for sparsity in sparsities:
-            row = [f"{sparsity:.0%}", _fmt(dense)]
+        keys = sorted({(c["budget"], c["sparsity"]) for c in cells if c["task"] == name and c["method"] != "dense"},
+                      key=lambda k: (k[1], k[0]))
+        for budget, sparsity in keys:
+            row = [f"{sparsity:.0%}", budget, _fmt(dense)]
             for method in methods:
-                row.append(_fmt(next((c for c in cells if (c["task"], c["method"], c["sparsity"]) == (name, method, sparsity)), None)))
+                key = (name, budget, method, sparsity)
+                row.append(_fmt(next((c for c in cells if (c["task"], c["budget"], c["method"], c["sparsity"]) == key), None)))
             lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Targets", "", *(_targets(cells) or ["- (no PDP/GMP pairs in this run)"])]
     return "\n".join(lines) + "\n"
@@ -184,12 +196,19 @@ def _plot(result: dict[str, Any], path: Path) -> Path | None:
     for ax, task in zip(axes[0], tasks):
         cells = [c for c in result["cells"] if c["task"] == task]
         sparsities = sorted({c["sparsity"] for c in cells if c["method"] != "dense"})
+        budgets = sorted({c["budget"] for c in cells if c["method"] != "dense"})
         positions = list(range(len(sparsities)))
-        for method in result["grid"]["methods"]:
-            points = [next((c for c in cells if c["method"] == method and c["sparsity"] == s), None) for s in sparsities]
-            xs = [p for p, c in zip(positions, points) if c]
-            ax.errorbar(xs, [c["accuracy"]["mean"] for c in points if c], [c["accuracy"]["std"] for c in points if c],
-                        marker="o", capsize=3, label=method)
+        styles = ["-", "--", ":"]
+        for method_index, method in enumerate(result["grid"]["methods"]):
+            for budget_index, budget in enumerate(budgets):
+                points = [next((c for c in cells if (c["method"], c["budget"], c["sparsity"]) == (method, budget, s)), None)
+                          for s in sparsities]
+                xs = [p for p, c in zip(positions, points) if c]
+                if not xs:
+                    continue
+                ax.errorbar(xs, [c["accuracy"]["mean"] for c in points if c], [c["accuracy"]["std"] for c in points if c],
+                            marker="o", capsize=3, color=f"C{method_index}", linestyle=styles[budget_index % len(styles)],
+                            label=method if len(budgets) == 1 else f"{method} ({budget})")
         dense = next((c for c in cells if c["method"] == "dense"), None)
         if dense:
             ax.axhline(dense["accuracy"]["mean"], color="gray", linestyle="--", label="dense")
@@ -227,9 +246,9 @@ def run_accuracy(
         "setup": asdict(setup),
         "setup_text": (
             f"warm-up {setup.warmup:.0%} of steps, ramp {setup.ramp:.0%} (PDP linear, GMP cubic with "
-            f"{setup.gmp_refreshes} mask refreshes, one-shot at the end of warm-up), {setup.budget} budgets "
-            f"fixed when pruning starts, PDP tau {setup.tau:g}; same optimizer, LR schedule, epochs and "
-            f"seeds for every method"
+            f"{setup.gmp_refreshes} mask refreshes, one-shot at the end of warm-up), per-layer budgets "
+            f"(named in each row) fixed when pruning starts, PDP tau {setup.tau:g}; same optimizer, LR "
+            f"schedule, epochs, budgets and seeds for every method"
         ),
         "tasks": [],
         "rows": [],
@@ -237,16 +256,21 @@ def run_accuracy(
     }
     stem = out / f"accuracy_{tag}"
     started = time.time()
-    for task, sparsities in plan:
-        result["tasks"].append(task.describe() | {"sparsities": list(sparsities)})
+    for task, sparsities, budgets in plan:
+        result["tasks"].append(task.describe() | {"sparsities": list(sparsities), "budgets": list(budgets)})
         for seed in grid.seeds:
-            jobs: list[tuple[str, float]] = [("dense", 0.0)] + [(m, s) for s in sparsities for m in grid.methods]
-            for method, sparsity in jobs:
-                label = f"{task.name} {method} {sparsity:.0%} s{seed}"
+            jobs: list[tuple[str, str, float]] = [("dense", "dense", 0.0)]
+            jobs += [(m, b, s) for s in sparsities for b in budgets for m in grid.methods]
+            for method, budget, sparsity in jobs:
+                label = f"{task.name} {method} {sparsity:.0%}" + ("" if method == "dense" else f" {budget}") + f" s{seed}"
                 spec = METHODS.get(method)
-                config_for = (lambda total, spec=spec, sparsity=sparsity: spec.config(sparsity, total, setup)) if spec else None
+                config_for = (
+                    lambda total, spec=spec, sparsity=sparsity, chosen=replace(setup, budget=budget):
+                    spec.config(sparsity, total, chosen)
+                ) if spec else None
                 outcome = task.run(seed, config_for, progress, label)
-                row = {"task": task.name, "method": method, "sparsity": sparsity, "seed": seed, **asdict(outcome)}
+                row = {"task": task.name, "method": method, "budget": budget, "sparsity": sparsity, "seed": seed,
+                       **asdict(outcome)}
                 result["rows"].append(row)
                 log(f"{label}: accuracy {100 * outcome.accuracy:.2f}%  sparsity {outcome.achieved_sparsity:.4f}  "
                     f"{outcome.seconds:.0f} s")

@@ -44,7 +44,10 @@ class MiniLMTask:
     distill_temperature: float = 2.0
     train_limit: int | None = None
     test_limit: int | None = None
-    _teacher_logits: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    # Dense runs by seed (outcome and, for distillation, the teacher's logits on the training
+    # set). Tasks built with one shared dict train each dense model once.
+    dense_runs: dict[int, tuple[RunOutcome, torch.Tensor | None]] = field(default_factory=dict, repr=False)
+    keep_teacher: bool = False
 
     @property
     def name(self) -> str:
@@ -103,10 +106,14 @@ class MiniLMTask:
 
         train, test = self.encoded
         teacher = None
+        if config_for is None and seed in self.dense_runs:
+            cached, logits = self.dense_runs[seed]
+            if logits is not None or not self.distill:
+                return cached
         if self.distill and config_for is not None:
-            if seed not in self._teacher_logits:
+            if seed not in self.dense_runs or self.dense_runs[seed][1] is None:
                 self.run(seed, None, progress, f"teacher s{seed}")
-            teacher = self._teacher_logits[seed]
+            teacher = self.dense_runs[seed][1]
         model = self._model(seed)
         pruner = None
         if config_for is not None:
@@ -144,7 +151,9 @@ class MiniLMTask:
                 pruner.step()
         sparsity = pruner.finalize().achieved_sparsity if pruner is not None else 0.0
         seconds = time.perf_counter() - started
-        if config_for is None and self.distill:
-            self._teacher_logits[seed] = self._logits(model, train)
         accuracy = float((self._logits(model, test).argmax(1) == test.labels).float().mean())
-        return RunOutcome(accuracy, sparsity, seconds, self.steps)
+        outcome = RunOutcome(accuracy, sparsity, seconds, self.steps)
+        if config_for is None:
+            logits = self._logits(model, train) if self.distill or self.keep_teacher else None
+            self.dense_runs[seed] = (outcome, logits)
+        return outcome

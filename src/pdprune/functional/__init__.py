@@ -1,6 +1,6 @@
 """Pure tensor maths of PDP: thresholds, soft masks and hardening. No modules, no state."""
 
-from pdprune.functional.budgets import global_magnitude_budgets
+from pdprune.functional.budgets import erk_budgets, global_magnitude_budgets
 from pdprune.functional.masks import (
     check_finite,
     check_sparsity,
@@ -16,6 +16,7 @@ __all__ = [
     "check_finite",
     "check_sparsity",
     "check_tau",
+    "erk_budgets",
     "global_magnitude_budgets",
     "hard_mask",
     "keep_count",

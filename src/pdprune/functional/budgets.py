@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
 from pdprune.functional.masks import check_finite, check_sparsity, keep_count
 
-__all__ = ["global_magnitude_budgets"]
+__all__ = ["erk_budgets", "global_magnitude_budgets"]
 
 
 def global_magnitude_budgets(
@@ -24,27 +25,11 @@ def global_magnitude_budgets(
     the others by the ranking. Each tensor keeps at least one weight. Ties in magnitude are broken
     by position so the result is deterministic.
     """
-    r = check_sparsity(sparsity)
-    fixed = list(fixed) if fixed is not None else [None] * len(weights)
-    if len(fixed) != len(weights):
-        raise ValueError("fixed must have one entry per weight tensor")
-    if not weights:
-        raise ValueError("no weight tensors to rank")
     sizes = [w.numel() for w in weights]
-    total_keep = keep_count(sum(sizes), r)
-    fixed_keep = sum(keep_count(n, f) for n, f in zip(sizes, fixed) if f is not None)
-    free = [i for i, f in enumerate(fixed) if f is None]
-    result: list[float] = [check_sparsity(f) if f is not None else 0.0 for f in fixed]
+    result, free, rest_keep = _split_fixed(sizes, sparsity, fixed)
     if not free:
         return result
     free_sizes = [sizes[i] for i in free]
-    rest_keep = total_keep - fixed_keep
-    if rest_keep < len(free) or rest_keep > sum(free_sizes):
-        raise ValueError(
-            f"per-layer overrides fix {fixed_keep} kept weights, which leaves {rest_keep} for the "
-            f"other {sum(free_sizes)} weights at overall sparsity {r}; loosen the overrides or "
-            f"change the overall sparsity."
-        )
     for i in free:
         check_finite(weights[i], names[i] if names is not None else f"weight tensor #{i}")
     device = weights[free[0]].device
@@ -62,3 +47,72 @@ def global_magnitude_budgets(
     for slot, i in enumerate(free):
         result[i] = 1.0 - kept[slot] / sizes[i]
     return result
+
+
+def erk_budgets(
+    shapes: Sequence[Sequence[int]],
+    sparsity: float,
+    fixed: Sequence[float | None] | None = None,
+) -> list[float]:
+    """Per-tensor sparsities by Erdős-Rényi-Kernel (Evci et al. 2020, RigL).
+
+    A tensor's density is proportional to ``sum(shape) / prod(shape)``, so small and thin layers
+    (the stem, the classifier, depthwise convolutions) stay denser and large ones carry the cut;
+    densities above 1 are capped and their excess spread over the rest. It depends on shapes
+    only, so unlike the magnitude ranking it can never empty a layer at extreme sparsity. The
+    overall sparsity is exact to the nearest weight; ``fixed`` works as in
+    :func:`global_magnitude_budgets`.
+    """
+    sizes = [math.prod(shape) for shape in shapes]
+    result, free, rest_keep = _split_fixed(sizes, sparsity, fixed)
+    if not free:
+        return result
+    raw = {i: sum(shapes[i]) / sizes[i] for i in free}
+    dense: set[int] = set()
+    scale = 0.0
+    while len(dense) < len(free):
+        sparse = [i for i in free if i not in dense]
+        scale = (rest_keep - sum(sizes[i] for i in dense)) / sum(raw[i] * sizes[i] for i in sparse)
+        newly_dense = {i for i in sparse if scale * raw[i] >= 1.0}
+        if not newly_dense:
+            break
+        dense |= newly_dense
+    ideal = {i: float(sizes[i]) if i in dense else scale * raw[i] * sizes[i] for i in free}
+    kept = {i: min(sizes[i], max(1, math.floor(ideal[i]))) for i in free}
+    # Largest remainders first, so the total is exact.
+    shortfall = rest_keep - sum(kept.values())
+    for i in sorted(free, key=lambda i: ideal[i] - math.floor(ideal[i]), reverse=True):
+        if shortfall == 0:
+            break
+        step = 1 if shortfall > 0 else -1
+        if 1 <= kept[i] + step <= sizes[i]:
+            kept[i] += step
+            shortfall -= step
+    for i in free:
+        result[i] = 1.0 - kept[i] / sizes[i]
+    return result
+
+
+def _split_fixed(
+    sizes: Sequence[int], sparsity: float, fixed: Sequence[float | None] | None
+) -> tuple[list[float], list[int], int]:
+    """Results pre-filled for fixed tensors, the free tensors' indices and the weights they keep."""
+    r = check_sparsity(sparsity)
+    fixed = list(fixed) if fixed is not None else [None] * len(sizes)
+    if len(fixed) != len(sizes):
+        raise ValueError("fixed must have one entry per weight tensor")
+    if not sizes:
+        raise ValueError("no weight tensors to budget")
+    total_keep = keep_count(sum(sizes), r)
+    fixed_keep = sum(keep_count(n, f) for n, f in zip(sizes, fixed) if f is not None)
+    free = [i for i, f in enumerate(fixed) if f is None]
+    result: list[float] = [check_sparsity(f) if f is not None else 0.0 for f in fixed]
+    rest_keep = total_keep - fixed_keep
+    free_size = sum(sizes[i] for i in free)
+    if free and (rest_keep < len(free) or rest_keep > free_size):
+        raise ValueError(
+            f"per-layer overrides fix {fixed_keep} kept weights, which leaves {rest_keep} for the "
+            f"other {free_size} weights at overall sparsity {r}; loosen the overrides or "
+            f"change the overall sparsity."
+        )
+    return result, free, rest_keep

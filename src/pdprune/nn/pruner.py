@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pdprune.config import PruneConfig
-from pdprune.functional import global_magnitude_budgets, keep_count
+from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count
 from pdprune.nn.masking import MaskState, MaskHook
 from pdprune.nn.selection import PrunedTensor, select_tensors
 from pdprune.report import LayerReport, PruneReport
@@ -219,6 +219,8 @@ class Pruner:
         fixed = [self.fixed[n] for n in names]
         if self.config.budget == "global":
             values = global_magnitude_budgets([t.parameter for t in self.tensors], self.config.sparsity, fixed, names)
+        elif self.config.budget == "erk":
+            values = erk_budgets([tuple(t.parameter.shape) for t in self.tensors], self.config.sparsity, fixed)
         else:
             values = [self.config.sparsity if f is None else f for f in fixed]
         if shared and dist.is_available() and dist.is_initialized():
