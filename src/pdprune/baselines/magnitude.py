@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from pdprune.functional import hard_mask
 from pdprune.method import MaskMethod
 
 if TYPE_CHECKING:
@@ -30,6 +29,7 @@ class GMP(MaskMethod):
 
     refresh_every: int = 100
     name: ClassVar[str] = "gmp"
+    supports_nm: ClassVar[bool] = False  # its ramp is a sparsity ramp, which N:M does not have
 
     def __post_init__(self) -> None:
         if isinstance(self.refresh_every, bool) or not isinstance(self.refresh_every, int) or self.refresh_every < 1:
@@ -52,7 +52,7 @@ class GMP(MaskMethod):
         if state.sparsity == 0.0:
             return
         if self._due(state, step, schedule):
-            state.mask = hard_mask(weight, state.sparsity, state.name)
+            state.mask = state.hard_mask(weight, state.sparsity)
             state.mask_sparsity = state.sparsity
         assert state.mask is not None
         weight.mul_(state.mask.to(weight.dtype))
@@ -60,15 +60,17 @@ class GMP(MaskMethod):
     def final_mask(self, weight: torch.Tensor, state: "MaskState", sparsity: float) -> torch.Tensor:
         if state.mask is not None and state.mask_sparsity == sparsity:
             return state.mask
-        return hard_mask(weight, sparsity, state.name)
+        return state.hard_mask(weight, sparsity)
 
 
 @dataclass(frozen=True)
 class OneShot(GMP):
     """One-shot magnitude pruning: the whole budget is cut when warm-up ends (the dense model's
-    magnitudes), then the network fine-tunes with that mask fixed. The schedule's ramp is ignored."""
+    magnitudes), then the network fine-tunes with that mask fixed. The schedule's ramp is ignored.
+    With an N:M pattern it keeps the N largest of every group of M."""
 
     name: ClassVar[str] = "oneshot"
+    supports_nm: ClassVar[bool] = True
 
     def progress(self, schedule: "Schedule", step: int) -> float:
         return 1.0 if schedule.pruning_started(step) else 0.0

@@ -8,6 +8,7 @@ sparsity per task).
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections import defaultdict
@@ -20,11 +21,24 @@ from pdprune.bench.methods import METHODS, PruningSetup
 from pdprune.bench.tasks import Task
 from pdprune.io import atomic_write, atomic_write_json, atomic_write_text
 from pdprune.machine import machine_info
+from pdprune.pattern import parse_pattern
 
-__all__ = ["AccuracyGrid", "PlanSettings", "build_plan", "run_accuracy", "summarise"]
+__all__ = ["AccuracyGrid", "PlanSettings", "build_plan", "merge_results", "run_accuracy", "summarise"]
 
-# Each task with the sparsities and the per-layer budget rules it is measured at.
-Plan = Sequence[tuple[Task, Sequence[float], Sequence[str]]]
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One task and where it is measured: unstructured sparsities under each budget rule, and
+    N:M patterns (budgets do not apply to N:M: every layer keeps N of M)."""
+
+    task: Task
+    sparsities: tuple[float, ...]
+    budgets: tuple[str, ...]
+    patterns: tuple[str, ...] = ()
+
+
+Plan = Sequence[PlanEntry]
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,7 @@ class PlanSettings:
     image_sparsities: tuple[float, ...] = (0.8, 0.9, 0.95, 0.98, 0.99)
     text_sparsities: tuple[float, ...] = (0.9,)
     image_budgets: tuple[str, ...] = ("global",)
+    image_patterns: tuple[str, ...] = ()  # N:M patterns such as "2:4", for the image tasks
     text_budgets: tuple[str, ...] = ("uniform",)
     text_steps: int = 250
     text_lr: float = 1e-4
@@ -44,13 +59,13 @@ class PlanSettings:
 
 def build_plan(
     task_names: Sequence[str], settings: PlanSettings, quick: bool = False
-) -> list[tuple[Task, tuple[float, ...], tuple[str, ...]]]:
+) -> list[PlanEntry]:
     """The standard tasks by short name: "resnet" and "mobilenetv2" on Fashion-MNIST, "minilm" on
     Rotten Tomatoes. ``quick`` shrinks data and steps to a smoke test of the whole pipeline."""
     from pdprune.bench.tasks import IMAGE_MODELS, ImageTask
     from pdprune.bench.text_task import MiniLMTask
 
-    plan: list[tuple[Task, tuple[float, ...], tuple[str, ...]]] = []
+    plan: list[PlanEntry] = []
     for name in task_names:
         if name in IMAGE_MODELS:
             task: Task = ImageTask(
@@ -60,7 +75,8 @@ def build_plan(
                 train_limit=512 if quick else settings.train_limit,
                 test_limit=1000 if quick else None,
             )
-            plan.append((task, (0.9,) if quick else settings.image_sparsities, settings.image_budgets))
+            plan.append(PlanEntry(task, (0.9,) if quick else settings.image_sparsities, settings.image_budgets,
+                                  settings.image_patterns))
         elif name == "minilm":
             dense_runs: dict = {}  # the variants share each seed's dense model (and teacher)
             for distill in settings.distill:
@@ -74,7 +90,7 @@ def build_plan(
                     dense_runs=dense_runs,
                     keep_teacher=any(settings.distill),
                 )
-                plan.append((task, (0.9,) if quick else settings.text_sparsities, settings.text_budgets))
+                plan.append(PlanEntry(task, (0.9,) if quick else settings.text_sparsities, settings.text_budgets))
         else:
             raise ValueError(f"unknown task {name!r}; choose from {', '.join([*IMAGE_MODELS, 'minilm'])}")
     return plan
@@ -85,13 +101,20 @@ class AccuracyGrid:
     """What every task shares: the methods compared, the seeds and the pruning setup."""
 
     methods: tuple[str, ...] = ("pdp", "gmp", "oneshot")
+    nm_methods: tuple[str, ...] = ("pdp", "oneshot", "srste")  # for N:M patterns
     seeds: tuple[int, ...] = (0, 1, 2)
     setup: PruningSetup = PruningSetup()
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in (*self.methods, *self.nm_methods) if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        for name in self.methods:
+            if not METHODS[name].unstructured:
+                raise ValueError(f"{name} is an N:M method: list it under the N:M methods")
+        for name in self.nm_methods:
+            if not METHODS[name].nm:
+                raise ValueError(f"{name} has no N:M form: list it under the unstructured methods")
         if len(self.seeds) < 1:
             raise ValueError("give at least one seed (three or more for a mean and spread worth quoting)")
 
@@ -130,6 +153,13 @@ def _targets(cells: list[dict[str, Any]]) -> list[str]:
     by = {(c["task"], c["budget"], c["method"], c["sparsity"]): c["accuracy"] for c in cells}
     lines = []
     for (task, budget, method, sparsity), pdp in sorted(by.items()):
+        if method == "pdp" and ":" in budget:  # N:M: compare with the N:M baselines
+            gaps = [f"PDP - {other} = {pdp['mean'] - by[(task, budget, other, sparsity)]['mean']:+.2f} points "
+                    f"({other} sd {by[(task, budget, other, sparsity)]['std']:.2f})"
+                    for other in ("srste", "oneshot") if (task, budget, other, sparsity) in by]
+            if gaps:
+                lines.append(f"- {task}, {budget}: " + "; ".join(gaps))
+            continue
         if method != "pdp" or (task, budget, "gmp", sparsity) not in by:
             continue
         gmp = by[(task, budget, "gmp", sparsity)]
@@ -162,7 +192,7 @@ def _markdown(result: dict[str, Any]) -> str:
         details = ", ".join(f"{k}: {v}" for k, v in task.items() if k not in ("task", "sparsities"))
         lines += ["", f"## {name}", "", details, ""]
         dense = next((c for c in cells if c["task"] == name and c["method"] == "dense"), None)
-        header = ["sparsity", "budgets", "dense", *methods]
+        header = ["sparsity", "budgets or N:M", "dense", *methods]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         keys = sorted({(c["budget"], c["sparsity"]) for c in cells if c["task"] == name and c["method"] != "dense"},
                       key=lambda k: (k[1], k[0]))
@@ -195,6 +225,7 @@ def _plot(result: dict[str, Any], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         cells = [c for c in result["cells"] if c["task"] == task]
+        cells = [c for c in cells if ":" not in c["budget"]]  # N:M results are in the tables only
         sparsities = sorted({c["sparsity"] for c in cells if c["method"] != "dense"})
         budgets = sorted({c["budget"] for c in cells if c["method"] != "dense"})
         positions = list(range(len(sparsities)))
@@ -242,11 +273,15 @@ def run_accuracy(
         "mode": mode,
         "command": command,
         "machine": machine_info(),
-        "grid": {"methods": list(grid.methods), "seeds": list(grid.seeds)},
+        "grid": {
+            "methods": list(dict.fromkeys([*grid.methods, *(grid.nm_methods if any(e.patterns for e in plan) else ())])),
+            "seeds": list(grid.seeds),
+        },
         "setup": asdict(setup),
         "setup_text": (
             f"warm-up {setup.warmup:.0%} of steps, ramp {setup.ramp:.0%} (PDP linear, GMP cubic with "
-            f"{setup.gmp_refreshes} mask refreshes, one-shot at the end of warm-up), per-layer budgets "
+            f"{setup.gmp_refreshes} mask refreshes, one-shot at the end of warm-up; for N:M PDP ramps each "
+            f"group's threshold from 0, SR-STE and one-shot apply N:M from the end of warm-up), per-layer budgets "
             f"(named in each row) fixed when pruning starts, PDP tau {setup.tau:g}; same optimizer, LR "
             f"schedule, epochs, budgets and seeds for every method"
         ),
@@ -256,17 +291,22 @@ def run_accuracy(
     }
     stem = out / f"accuracy_{tag}"
     started = time.time()
-    for task, sparsities, budgets in plan:
-        result["tasks"].append(task.describe() | {"sparsities": list(sparsities), "budgets": list(budgets)})
+    for entry in plan:
+        task = entry.task
+        result["tasks"].append(
+            task.describe() | {"sparsities": list(entry.sparsities), "budgets": [*entry.budgets, *entry.patterns]}
+        )
         for seed in grid.seeds:
-            jobs: list[tuple[str, str, float]] = [("dense", "dense", 0.0)]
-            jobs += [(m, b, s) for s in sparsities for b in budgets for m in grid.methods]
-            for method, budget, sparsity in jobs:
+            # (method, budget rule or N:M pattern, sparsity, pattern or None)
+            jobs: list[tuple[str, str, float, str | None]] = [("dense", "dense", 0.0, None)]
+            jobs += [(m, b, s, None) for s in entry.sparsities for b in entry.budgets for m in grid.methods]
+            jobs += [(m, p, parse_pattern(p).sparsity, p) for p in entry.patterns for m in grid.nm_methods]  # type: ignore[union-attr]
+            for method, budget, sparsity, pattern in jobs:
                 label = f"{task.name} {method} {sparsity:.0%}" + ("" if method == "dense" else f" {budget}") + f" s{seed}"
                 spec = METHODS.get(method)
                 config_for = (
-                    lambda total, spec=spec, sparsity=sparsity, chosen=replace(setup, budget=budget):
-                    spec.config(sparsity, total, chosen)
+                    lambda total, spec=spec, sparsity=sparsity, chosen=replace(setup, budget=budget), pattern=pattern:
+                    spec.config(sparsity, total, chosen, pattern=pattern)
                 ) if spec else None
                 outcome = task.run(seed, config_for, progress, label)
                 row = {"task": task.name, "method": method, "budget": budget, "sparsity": sparsity, "seed": seed,
@@ -279,4 +319,78 @@ def run_accuracy(
                 atomic_write_json(stem.with_suffix(".json"), result)
                 atomic_write_text(stem.with_suffix(".md"), _markdown(result))
     _plot(result, stem.with_suffix(".png"))
+    return result
+
+
+def merge_results(paths: Sequence[str | Path], out_dir: str | Path, tag: str) -> dict[str, Any]:
+    """Combine the result files of several invocations (e.g. one per budget rule) into one.
+
+    The files must come from the same kind of run: same mode, seeds and pruning setup apart from
+    budgets, and identical settings for any task they share; dense rows measured twice for the
+    same (task, seed) are kept once. Rows and commands are kept as measured, nothing is re-run.
+    """
+    results = [_load_result(Path(p)) for p in paths]
+    if len(results) < 2:
+        raise ValueError("give two or more result files to merge")
+    first = results[0]
+    for path, other in zip(paths[1:], results[1:]):
+        for key in ("benchmark", "mode", "setup"):
+            if _comparable(other[key]) != _comparable(first[key]):
+                raise ValueError(f"{path} differs from {paths[0]} in {key!r}; only runs of one kind can be merged")
+        if other["grid"]["seeds"] != first["grid"]["seeds"]:
+            raise ValueError(f"{path} uses seeds {other['grid']['seeds']}, {paths[0]} uses {first['grid']['seeds']}")
+    tasks: dict[str, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for path, result in zip(paths, results):
+        for task in result["tasks"]:
+            known = tasks.get(task["task"])
+            settings = {k: v for k, v in task.items() if k not in ("sparsities", "budgets")}
+            if known is None:
+                tasks[task["task"]] = dict(task)
+                continue
+            if {k: v for k, v in known.items() if k not in ("sparsities", "budgets")} != settings:
+                raise ValueError(f"task {task['task']} was trained with other settings in {path}")
+            known["sparsities"] = sorted(set(known["sparsities"]) | set(task["sparsities"]))
+            known["budgets"] = list(dict.fromkeys([*known["budgets"], *task["budgets"]]))
+        for row in result["rows"]:
+            key = (row["task"], row["method"], row["budget"], row["sparsity"], row["seed"])
+            if key in seen:
+                if row["method"] == "dense":
+                    continue
+                raise ValueError(f"{path} measures {key} again; merge files that measure different cells")
+            seen.add(key)
+            rows.append(row)
+    methods = list(dict.fromkeys(m for r in results for m in r["grid"]["methods"]))
+    merged = first | {
+        "command": " ; ".join(r["command"] for r in results),
+        "grid": {"methods": methods, "seeds": first["grid"]["seeds"]},
+        "tasks": list(tasks.values()),
+        "rows": rows,
+        "cells": summarise(rows),
+        "wall_seconds": sum(r.get("wall_seconds", 0.0) for r in results),
+        "merged_from": [Path(p).name for p in paths],
+    }
+    stem = Path(out_dir) / f"accuracy_{tag}"
+    atomic_write_json(stem.with_suffix(".json"), merged)
+    atomic_write_text(stem.with_suffix(".md"), _markdown(merged))
+    _plot(merged, stem.with_suffix(".png"))
+    return merged
+
+
+def _comparable(value: Any) -> Any:
+    """A setup without its budget rule (budgets are an axis that merged files may differ in)."""
+    return {k: v for k, v in value.items() if k != "budget"} if isinstance(value, dict) else value
+
+
+def _load_result(path: Path) -> dict[str, Any]:
+    """A result file, with files from before budgets were an axis read as their one budget."""
+    result = json.loads(path.read_text())
+    missing = [k for k in ("benchmark", "mode", "command", "setup", "grid", "tasks", "rows") if k not in result]
+    if result.get("benchmark") != "accuracy" or missing:
+        raise ValueError(f"{path} is not a `pdprune bench accuracy` result file (missing {missing or ['benchmark']})")
+    for task in result["tasks"]:
+        task.setdefault("budgets", [result["setup"]["budget"]])
+    for row in result["rows"]:
+        row.setdefault("budget", "dense" if row["method"] == "dense" else result["setup"]["budget"])
     return result

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from pdprune.baselines import GMP, OneShot
+from pdprune.baselines import GMP, SRSTE, OneShot
 from pdprune.config import DEFAULT_TAU, PruneConfig
 from pdprune.method import PDP, MaskMethod
 from pdprune.schedule import RampShape, Schedule
@@ -36,6 +36,8 @@ class MethodSpec:
     name: str
     shape: RampShape
     make: Callable[[PruningSetup, int], MaskMethod]
+    unstructured: bool = True
+    nm: bool = False
 
     def config(
         self,
@@ -43,20 +45,26 @@ class MethodSpec:
         total_steps: int,
         setup: PruningSetup,
         filter_fn: Callable[[nn.Module, str], bool] | None = None,
+        pattern: str | None = None,
     ) -> PruneConfig:
+        """The method's config; with an N:M ``pattern``, layers it cannot divide stay dense (the
+        stem's single input channel, depthwise convolutions) and the report lists them."""
         schedule = Schedule(total_steps=total_steps, warmup=setup.warmup, ramp=setup.ramp, shape=self.shape)
         return PruneConfig(
-            sparsity=sparsity,
+            sparsity=None if pattern else sparsity,
             schedule=schedule,
             tau=setup.tau,
             budget=setup.budget,  # type: ignore[arg-type]
             filter_fn=filter_fn,
             method=self.make(setup, schedule.ramp_steps),
+            pattern=pattern or "unstructured",
+            indivisible="dense",
         )
 
 
 METHODS: dict[str, MethodSpec] = {
-    "pdp": MethodSpec("pdp", "linear", lambda setup, ramp: PDP()),
+    "pdp": MethodSpec("pdp", "linear", lambda setup, ramp: PDP(), nm=True),
     "gmp": MethodSpec("gmp", "cubic", lambda setup, ramp: GMP(refresh_every=max(1, ramp // setup.gmp_refreshes))),
-    "oneshot": MethodSpec("oneshot", "linear", lambda setup, ramp: OneShot()),
+    "oneshot": MethodSpec("oneshot", "linear", lambda setup, ramp: OneShot(), nm=True),
+    "srste": MethodSpec("srste", "linear", lambda setup, ramp: SRSTE(), unstructured=False, nm=True),
 }

@@ -1,4 +1,5 @@
-"""Pure tensor maths of PDP: thresholds, soft masks and hardening. No modules, no state."""
+"""Pure tensor maths of PDP: thresholds, soft masks, hardening, N:M groups and per-layer budgets.
+No modules, no state."""
 
 from pdprune.functional.budgets import erk_budgets, global_magnitude_budgets
 from pdprune.functional.masks import (
@@ -11,9 +12,11 @@ from pdprune.functional.masks import (
     soft_mask,
     soft_masked_weight,
 )
+from pdprune.functional.nm import check_nm, nm_hard_mask, nm_threshold
 
 __all__ = [
     "check_finite",
+    "check_nm",
     "check_sparsity",
     "check_tau",
     "erk_budgets",
@@ -21,6 +24,8 @@ __all__ = [
     "hard_mask",
     "keep_count",
     "midpoint_threshold",
+    "nm_hard_mask",
+    "nm_threshold",
     "soft_mask",
     "soft_masked_weight",
 ]

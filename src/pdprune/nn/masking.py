@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdprune.functional import midpoint_threshold
+from pdprune.functional import hard_mask, midpoint_threshold, nm_hard_mask, nm_threshold
 from pdprune.method import MaskMethod
+from pdprune.pattern import NM
 
 __all__ = ["MaskState", "MaskHook"]
 
@@ -22,10 +23,13 @@ __all__ = ["MaskState", "MaskHook"]
 class MaskState:
     """The mutable pruning state of one weight tensor, shared by all modules that use it."""
 
-    def __init__(self, name: str, tau: float, method: MaskMethod) -> None:
+    def __init__(self, name: str, tau: float, method: MaskMethod, nm: NM | None = None, dim: int = 1) -> None:
         self.name = name
         self.tau = tau
         self.method = method
+        self.nm = nm  # N:M pattern along weight dimension ``dim``, or None for unstructured
+        self.dim = dim
+        self.progress = 0.0  # fraction of the ramp done (N:M ramps its thresholds by it)
         self.mask: torch.Tensor | None = None  # for methods that store a binary mask
         self.mask_sparsity = 0.0  # the sparsity ``mask`` was computed at
         self.sparsity = 0.0  # in force now; 0 means no mask at all
@@ -34,13 +38,29 @@ class MaskState:
         self.epoch = 0  # bumped every optimizer step: thresholds are never reused across steps
 
     def threshold(self, weight: torch.Tensor) -> torch.Tensor:
-        """t for ``weight`` at the sparsity in force, reused while the weight is unchanged."""
+        """t for ``weight`` at the sparsity in force, reused while the weight is unchanged.
+
+        Unstructured: one scalar at the ramped sparsity. N:M: each group's midpoint between its
+        N-th and (N+1)-th largest magnitude, scaled by the ramp's progress, so the cut grows
+        smoothly from nothing to exactly N of M instead of jumping there at once.
+        """
         key = (id(weight), weight._version, self.epoch, self.sparsity)
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
-        t = midpoint_threshold(weight, self.sparsity, name=self.name)
+        if self.nm is None:
+            t = midpoint_threshold(weight, self.sparsity, name=self.name)
+        else:
+            t = nm_threshold(weight, self.nm.n, self.nm.m, self.dim, name=self.name) * self.progress
         self._cached = (key, t)
         return t
+
+    def hard_mask(self, weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+        """Boolean keep-mask at ``sparsity``: exactly N of every M for an N:M layer."""
+        if self.nm is None or sparsity == 0.0:
+            return hard_mask(weight, sparsity, self.name)
+        if abs(sparsity - self.nm.sparsity) > 1e-9:
+            raise ValueError(f"{self.name} is pruned {self.nm}: it hardens at {self.nm.sparsity:g} only, not {sparsity:g}")
+        return nm_hard_mask(weight, self.nm.n, self.nm.m, self.dim, name=self.name)
 
     def masked(self, weight: torch.Tensor) -> torch.Tensor:
         return self.method.masked_weight(weight, self)

@@ -22,6 +22,7 @@ from pdprune.config import PruneConfig
 from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count
 from pdprune.nn.masking import MaskState, MaskHook
 from pdprune.nn.selection import PrunedTensor, select_tensors
+from pdprune.pattern import NM, reduction_dim
 from pdprune.report import LayerReport, PruneReport
 
 __all__ = ["Pruner", "prepare"]
@@ -42,12 +43,27 @@ class Pruner:
         self.tensors: list[PrunedTensor] = select_tensors(model, config)
         self.states: dict[str, MaskState] = {}
         self.fixed: dict[str, float | None] = {}
+        self.notes: dict[str, str] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        nm = config.nm
+        indivisible = _indivisible_layers(self.tensors, nm) if nm is not None else {}
+        if indivisible and config.indivisible == "error":
+            listing = "; ".join(f"{name} (size {size} along dim {dim})" for name, (dim, size) in list(indivisible.items())[:8])
+            raise ValueError(
+                f"pattern {nm} needs each pruned layer's reduction dimension (input features or input channels per "
+                f"group) to be a multiple of {nm.m}, but {len(indivisible)} layer(s) are not: {listing}. Leave them "
+                f"out with exclude=[...], or pass PruneConfig(indivisible='dense') to keep them dense (the report "
+                f"lists them)."
+            )
         for tensor in self.tensors:
             override = config.override_for(tensor.users[0][0])
             tau = override.tau if override and override.tau is not None else config.tau
             self.fixed[tensor.name] = override.sparsity if override else None
-            state = MaskState(tensor.name, tau, config.method)
+            layer_nm, dim = nm, reduction_dim(tensor.users[0][1])
+            if tensor.name in indivisible:
+                layer_nm, self.fixed[tensor.name] = None, 0.0
+                self.notes[tensor.name] = f"left dense: {nm} needs size along dim {dim} divisible by {nm.m}"
+            state = MaskState(tensor.name, tau, config.method, nm=layer_nm, dim=dim)
             self.states[tensor.name] = state
             for _, module in tensor.users:
                 self._handles += MaskHook(state).attach(module)
@@ -134,6 +150,7 @@ class Pruner:
                     params=weight.numel(),
                     target_sparsity=budgets[tensor.name],
                     achieved_sparsity=1.0 - kept / weight.numel(),
+                    note=self.notes.get(tensor.name, ""),
                 )
             )
         seen: set[int] = set()
@@ -148,6 +165,7 @@ class Pruner:
             model_params=model_params,
             finalized=self.finalized,
             step=self.step_count,
+            pattern=str(self.config.pattern),
         )
 
     # ----------------------------------------------------------------- checkpointing
@@ -217,7 +235,9 @@ class Pruner:
     def _compute_budgets(self, shared: bool) -> dict[str, float]:
         names = [t.name for t in self.tensors]
         fixed = [self.fixed[n] for n in names]
-        if self.config.budget == "global":
+        if self.config.nm is not None:  # every N:M layer keeps N of M; budgets do not apply
+            values = [self.config.sparsity if f is None else f for f in fixed]
+        elif self.config.budget == "global":
             values = global_magnitude_budgets([t.parameter for t in self.tensors], self.config.sparsity, fixed, names)
         elif self.config.budget == "erk":
             values = erk_budgets([tuple(t.parameter.shape) for t in self.tensors], self.config.sparsity, fixed)
@@ -246,6 +266,7 @@ class Pruner:
         progress = self.config.method.progress(schedule, self.step_count)
         for name, state in self.states.items():
             state.sparsity = budgets[name] * progress
+            state.progress = progress
         if apply_method:
             with torch.no_grad():
                 for tensor in self.tensors:
@@ -283,6 +304,17 @@ def prepare(model: nn.Module, config: PruneConfig) -> Pruner:
             f"using its Pruner, or call pruner.remove() (or finalize()) before preparing it again."
         )
     return Pruner(model, config)
+
+
+def _indivisible_layers(tensors: list[PrunedTensor], nm: NM) -> dict[str, tuple[int, int]]:
+    """Layers whose reduction dimension ``nm.m`` does not divide: name -> (dim, size)."""
+    found = {}
+    for tensor in tensors:
+        dim = reduction_dim(tensor.users[0][1])
+        size = tensor.parameter.shape[dim]
+        if size % nm.m:
+            found[tensor.name] = (dim, size)
+    return found
 
 
 def _has_mask_hook(module: nn.Module) -> bool:

@@ -88,6 +88,11 @@ def select_tensors(model: nn.Module, config: PruneConfig) -> list[PrunedTensor]:
         if any(re.search(p, fqn) for p in config.exclude):
             continue
         weight = module._parameters["weight"]
+        if isinstance(weight, nn.parameter.UninitializedParameter):
+            raise ValueError(
+                f"{fqn} ({type(module).__name__}) has no shape yet: lazy modules get their weights at the "
+                f"first forward. Run the model once on a real batch before prepare()."
+            )
         if weight.dim() < 2:
             continue
         entry = by_parameter.setdefault(id(weight), PrunedTensor(name=f"{fqn}.weight" if fqn else "weight"))

@@ -1,0 +1,56 @@
+"""SR-STE (Zhou et al., 2021): N:M training with a straight-through estimator and sparse-refined
+decay, the usual baseline for learned N:M masks.
+
+Forward uses the N:M magnitude mask of the current dense weights, recomputed at every step.
+Backward passes the gradient straight through to all dense weights and adds ``decay * w`` for the
+pruned ones, which pulls them towards zero so the mask settles instead of flipping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from pdprune.method import MaskMethod
+
+if TYPE_CHECKING:
+    from pdprune.nn.masking import MaskState
+    from pdprune.schedule import Schedule
+
+__all__ = ["SRSTE"]
+
+
+class _SparseRefinedSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, keep: torch.Tensor, decay: float) -> torch.Tensor:
+        ctx.save_for_backward(weight, keep)
+        ctx.decay = decay
+        return weight * keep.to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        weight, keep = ctx.saved_tensors
+        return grad + ctx.decay * weight * (~keep).to(weight.dtype), None, None
+
+
+@dataclass(frozen=True)
+class SRSTE(MaskMethod):
+    """Sparse-refined straight-through N:M training. The N:M mask applies from the end of warm-up
+    (the schedule's ramp is ignored, as in the paper); ``decay`` is lambda_W (paper: 2e-4)."""
+
+    decay: float = 2e-4
+    name: ClassVar[str] = "srste"
+    supports_unstructured: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.decay, bool) or not isinstance(self.decay, (int, float)) or not self.decay >= 0:
+            raise ValueError(f"decay must be a number >= 0, got {self.decay!r}")
+
+    def progress(self, schedule: "Schedule", step: int) -> float:
+        return 1.0 if schedule.pruning_started(step) else 0.0
+
+    def masked_weight(self, weight: torch.Tensor, state: "MaskState") -> torch.Tensor:
+        keep = state.hard_mask(weight.detach(), state.sparsity)
+        return _SparseRefinedSTE.apply(weight, keep, float(self.decay))
