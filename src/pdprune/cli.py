@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                           default=["resnet", "mobilenetv2", "minilm"],
                           help="Fashion-MNIST ResNet / MobileNetV2, Rotten Tomatoes MiniLM-L6")
     accuracy.add_argument("--methods", nargs="+", default=["pdp", "gmp", "oneshot"])
-    accuracy.add_argument("--sparsities", nargs="+", type=_sparsity, default=[0.8, 0.9, 0.95, 0.98, 0.99])
+    accuracy.add_argument("--sparsities", nargs="*", type=_sparsity, default=[0.8, 0.9, 0.95, 0.98, 0.99],
+                          help="unstructured sparsities for the image tasks (none: only --patterns)")
     accuracy.add_argument("--text-sparsities", nargs="+", type=_sparsity, default=[0.9],
                           help="sparsities for the MiniLM task (default 0.9)")
     accuracy.add_argument("--patterns", nargs="+", default=[], metavar="N:M",
@@ -136,6 +137,8 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
     from pdprune.io import ensure_writable_folder
     from pdprune.pattern import parse_pattern
 
+    if not args.sparsities and not args.patterns and set(args.tasks) - {"minilm"}:
+        raise ValueError("no sparsity and no N:M pattern to measure the image tasks at: give --sparsities or --patterns")
     ensure_writable_folder(args.out)
     settings = PlanSettings(
         epochs=args.epochs,
