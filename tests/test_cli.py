@@ -23,6 +23,24 @@ def test_demo_quick_run_prints_comparison_and_writes_results(tmp_path, capsys):
     assert {p.name for p in tmp_path.iterdir()} == {"comparison.json", "report.json", "report.txt", "sparsity.png"}
 
 
+def test_demo_with_a_2_4_pattern(tmp_path, capsys):
+    args = ["demo", "--pattern", "2:4", "--epochs", "2", "--train-limit", "300", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "pattern 2:4" in out and "PDP 2:4" in out and "features.0.weight: left dense" in out
+    comparison = json.loads((tmp_path / "comparison.json").read_text())
+    assert comparison["pattern"] == "2:4" and 0.45 < comparison["achieved_sparsity"] <= 0.5
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--pattern", "2:4", "--sparsity", "0.9"], "does not apply"), (["--pattern", "2-4"], "N:M")],
+)
+def test_demo_refuses_contradictory_or_bad_patterns(args, message, tmp_path, capsys):
+    assert cli.main(["demo", *args, "--out", str(tmp_path), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["1.0", "-0.2", "abc"])
 def test_bad_sparsity_is_a_usage_error(value, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -55,3 +55,21 @@ def test_readme_python_examples_run_as_written(tmp_path, monkeypatch):
     assert resumed is not pruner and resumed.step_count == 3
     assert namespace["model"] is not model
     assert torch.equal(namespace["model"][0].weight, model[0].weight)
+
+
+def test_readme_nm_example_builds_a_2_4_run():
+    import torch
+    from torch import nn
+
+    import pdprune
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    namespace = {"pdprune": pdprune, "steps": 10}
+    exec(blocks[2], namespace)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    pruner = pdprune.prepare(model, namespace["config"])
+    for _ in range(10):
+        pruner.step()
+    report = pruner.finalize()
+    assert report.pattern == "2:4" and report.achieved_sparsity == 0.5
+    assert bool(((model[0].weight != 0).view(16, 2, 4).sum(-1) == 2).all())

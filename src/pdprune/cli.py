@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dataset", choices=sorted(DATASETS), default="digits",
                       help="digits (ships with scikit-learn, default) or fashion-mnist "
                       "(Debian package dataset-fashion-mnist)")
-    demo.add_argument("--sparsity", type=_sparsity, default=0.9, help="fraction of weights removed (default 0.9)")
+    demo.add_argument("--sparsity", type=_sparsity, default=None, help="fraction of weights removed (default 0.9)")
+    demo.add_argument("--pattern", default="unstructured", metavar="{unstructured,N:M}",
+                      help="unstructured (default) or N:M such as 2:4 or 1:4 (then --sparsity does not apply; "
+                      "layers N:M cannot divide stay dense and the report says so)")
     demo.add_argument("--epochs", type=_positive_int, default=None,
                       help="epochs for each of the two runs (default: 30 for digits, 8 for fashion-mnist)")
     demo.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order")
@@ -170,13 +173,19 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from pdprune.demo import run_comparison
     from pdprune.io import ensure_writable_folder
+    from pdprune.pattern import parse_pattern
 
+    nm = parse_pattern(args.pattern)
+    if nm is not None and args.sparsity is not None:
+        raise ValueError(f"--sparsity does not apply to --pattern {nm} (it removes {nm.sparsity:g} of every group); drop one")
+    sparsity = args.sparsity if args.sparsity is not None else 0.9
+    target = f"pattern {nm}" if nm is not None else f"target sparsity {sparsity:.0%}"
     out = ensure_writable_folder(args.out if args.out is not None else Path("pdprune-results") / f"demo-{args.dataset}")
-    print(f"pdprune demo: SmallCNN on {args.dataset}, target sparsity {args.sparsity:.0%}, seed {args.seed}",
-          flush=True)
+    print(f"pdprune demo: SmallCNN on {args.dataset}, {target}, seed {args.seed}", flush=True)
     result = run_comparison(
         dataset=args.dataset,
-        sparsity=args.sparsity,
+        sparsity=sparsity,
+        pattern=args.pattern,
         epochs=args.epochs,
         seed=args.seed,
         tau=args.tau,
@@ -188,7 +197,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(result.report.to_text())
     print()
     rows = [
-        ("", "dense", f"PDP {args.sparsity:.0%}"),
+        ("", "dense", f"PDP {nm}" if nm is not None else f"PDP {sparsity:.0%}"),
         ("test accuracy", f"{result.dense_accuracy:.2%}", f"{result.pruned_accuracy:.2%}"),
         ("nonzero parameters", f"{result.dense_params:,}", f"{result.pruned_nonzero_params:,}"),
         ("sparsity of pruned layers", "0.000", f"{result.report.achieved_sparsity:.3f}"),

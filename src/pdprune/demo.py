@@ -14,6 +14,7 @@ from pdprune.data import load_dataset
 from pdprune.machine import machine_info
 from pdprune.models import SmallCNN
 from pdprune.nn import prepare
+from pdprune.pattern import parse_pattern
 from pdprune.report import PruneReport
 from pdprune.schedule import Schedule
 from pdprune.training import TrainSettings, evaluate, train
@@ -33,6 +34,7 @@ class ComparisonResult:
     epochs: int
     seed: int
     sparsity: float
+    pattern: str
     tau: float
     dense_accuracy: float
     pruned_accuracy: float
@@ -68,15 +70,27 @@ def run_comparison(
     warmup: float = 0.1,
     ramp: float = 0.5,
     progress: bool = True,
+    pattern: str = "unstructured",
 ) -> ComparisonResult:
-    """Train dense and PDP twins of :class:`SmallCNN` on ``dataset`` and measure both."""
+    """Train dense and PDP twins of :class:`SmallCNN` on ``dataset`` and measure both.
+
+    With an N:M ``pattern`` (e.g. "2:4") ``sparsity`` is ignored and layers N:M cannot divide
+    (the one-channel stem) stay dense; the report lists them."""
     data = load_dataset(dataset)
     if train_limit is not None:
         data = data.subset(train=train_limit)
     epochs = epochs if epochs is not None else DEFAULT_EPOCHS.get(dataset, 10)
+    nm = parse_pattern(pattern)
+    if nm is not None:
+        sparsity = nm.sparsity
     config_for = lambda total: PruneConfig(  # noqa: E731
-        sparsity=sparsity, tau=tau, schedule=Schedule(total_steps=total, warmup=warmup, ramp=ramp)
+        sparsity=sparsity,
+        tau=tau,
+        schedule=Schedule(total_steps=total, warmup=warmup, ramp=ramp),
+        pattern=pattern,
+        indivisible="dense",
     )
+    config_for(100)  # a bad pattern or sparsity fails here, before any training
 
     def settings(description: str) -> TrainSettings:
         return TrainSettings(epochs=epochs, seed=seed, progress=progress, description=description)
@@ -88,7 +102,8 @@ def run_comparison(
 
     pruned = _build_model(data.image_shape, data.num_classes, seed)
     started = time.perf_counter()
-    pruner = train(pruned, data, settings(f"PDP {sparsity:.0%}"), lambda m, total: prepare(m, config_for(total)))
+    label = f"PDP {nm}" if nm is not None else f"PDP {sparsity:.0%}"
+    pruner = train(pruned, data, settings(label), lambda m, total: prepare(m, config_for(total)))
     assert pruner is not None
     report = pruner.finalize()
     pruned_seconds = time.perf_counter() - started
@@ -101,6 +116,7 @@ def run_comparison(
         epochs=epochs,
         seed=seed,
         sparsity=sparsity,
+        pattern=str(nm) if nm is not None else "unstructured",
         tau=tau,
         dense_accuracy=evaluate(dense, data.x_test, data.y_test),
         pruned_accuracy=evaluate(pruned, data.x_test, data.y_test),
