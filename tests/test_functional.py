@@ -166,3 +166,32 @@ def test_mask_never_produces_denormal_values():
             assert not bool(((values != 0) & (values.abs() < tiny)).any())
         if t * t / tau > 60:  # sigmoid(-t^2/tau) is far below float32 resolution there
             assert float(mask[weight.abs() < 1e-3].max()) == 0.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(2, 400),
+    sparsity=st.floats(0.0, 0.999),
+    hint_scale=st.one_of(st.none(), st.floats(0.0, 3.0)),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_threshold_hint_never_changes_the_result(size, sparsity, hint_scale, ties, seed):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(size, generator=g)
+    if ties:
+        weight = (weight * 4).round() / 4  # many equal magnitudes, also at the cut
+    reference = midpoint_threshold(weight, sparsity)
+    hint = None if hint_scale is None else float(reference) * hint_scale
+    assert torch.equal(midpoint_threshold(weight, sparsity, hint=hint), reference)
+
+
+def test_threshold_hint_near_the_answer_is_used_and_exact(monkeypatch):
+    torch.manual_seed(0)
+    weight = torch.randn(100_000)
+    reference = midpoint_threshold(weight, 0.9)
+    sizes = []
+    real_topk = torch.topk
+    monkeypatch.setattr(torch, "topk", lambda x, k, **kw: (sizes.append(x.numel()), real_topk(x, k, **kw))[1])
+    assert torch.equal(midpoint_threshold(weight, 0.9, hint=float(reference) * 1.01), reference)
+    assert sizes and max(sizes) < 5_000  # a narrow band, not the whole tensor

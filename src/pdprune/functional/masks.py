@@ -84,23 +84,48 @@ def _magnitudes_f32(weight: torch.Tensor) -> torch.Tensor:
 
 
 def midpoint_threshold(
-    weight: torch.Tensor, sparsity: float, *, check: bool = True, name: str = "weight"
+    weight: torch.Tensor, sparsity: float, *, check: bool = True, name: str = "weight", hint: float | None = None
 ) -> torch.Tensor:
     """PDP's threshold t: the midpoint between the smallest kept and largest pruned magnitude.
 
     Returns a float32 scalar tensor on the weight's device, detached (t is a statistic of W, not
     a function that gradients flow through). At sparsity 0 it is 0, so every weight is kept.
+
+    ``hint`` (e.g. last step's t) only makes it faster, never different: if a narrow band around
+    the hint holds both a(k) and a(k+1), they are picked from the band instead of a top-k over the
+    whole tensor (exact, the same two float32 values); otherwise the full top-k runs.
     """
-    if check:
-        check_finite(weight, name)
     n = weight.numel()
     k = keep_count(n, sparsity)
     mags = _magnitudes_f32(weight)
+    if check and not bool(torch.isfinite(mags.max())):  # max is NaN or inf iff some element is
+        check_finite(weight, name)
     if k >= n:
         return torch.zeros((), dtype=torch.float32, device=weight.device)
+    if hint is not None and hint > 0.0:
+        for width in (0.02, 0.2):
+            pair = _pair_in_band(mags, k, hint * (1.0 - width), hint * (1.0 + width))
+            if pair is not None:
+                return 0.5 * (pair[0] + pair[1])
     # The (k+1) largest magnitudes: the last two are a(k) and a(k+1).
     top = torch.topk(mags, k + 1, sorted=True).values
     return 0.5 * (top[k - 1] + top[k])
+
+
+def _pair_in_band(mags: torch.Tensor, k: int, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """a(k) and a(k+1) (1-based, descending) if both lie in [low, high], else None.
+
+    In descending order the magnitudes are: those above ``high``, then the band, then those
+    below ``low``; so rank r falls in the band when above < r <= above + len(band).
+    """
+    above = int((mags > high).sum())
+    if above >= k:
+        return None
+    band = mags[(mags >= low) & (mags <= high)]
+    if above + band.numel() < k + 1:
+        return None
+    top = torch.topk(band, k + 1 - above, sorted=True).values
+    return top[-2], top[-1]
 
 
 def soft_mask(weight: torch.Tensor, threshold: torch.Tensor | float, tau: float) -> torch.Tensor:

@@ -35,6 +35,7 @@ class MaskState:
         self.sparsity = 0.0  # in force now; 0 means no mask at all
         self.calls = 0  # forward calls seen in training mode, to detect layers never called
         self._cached: tuple[tuple[int, int, int, float], torch.Tensor] | None = None
+        self._last_threshold: float | None = None  # a search hint only: results never depend on it
         self.epoch = 0  # bumped every optimizer step: thresholds are never reused across steps
 
     def threshold(self, weight: torch.Tensor) -> torch.Tensor:
@@ -48,7 +49,12 @@ class MaskState:
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         if self.nm is None:
-            t = midpoint_threshold(weight, self.sparsity, name=self.name)
+            # Last step's t narrows the search on CPU; on GPUs reading it back would stall the
+            # device every step, so they run the plain top-k.
+            hint = self._last_threshold if weight.device.type == "cpu" else None
+            t = midpoint_threshold(weight, self.sparsity, name=self.name, hint=hint)
+            if weight.device.type == "cpu":
+                self._last_threshold = float(t)
         else:
             t = nm_threshold(weight, self.nm.n, self.nm.m, self.dim, name=self.name) * self.progress
         self._cached = (key, t)
