@@ -5,6 +5,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 from pdprune import cli
 from pdprune.bench.accuracy import AccuracyGrid, _markdown, _targets, build_plan, PlanSettings, summarise
@@ -174,3 +175,40 @@ def test_merge_refuses_runs_of_another_kind(tmp_path, capsys):
     assert cli.main(["bench", "merge", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--tag", "x", "--out", str(tmp_path)]) == 2
     assert "not a `pdprune bench accuracy` result" in capsys.readouterr().err
     assert not (tmp_path / "accuracy_x.json").exists()
+
+
+class _TinyTask:
+    """A task without data: builds each run's real config and pruner on a tiny model."""
+
+    name = "tiny/mlp"
+
+    def describe(self):
+        return {"task": self.name}
+
+    def run(self, seed, config_for, progress, label):
+        from torch import nn
+
+        import pdprune
+        from pdprune.bench.tasks import RunOutcome
+
+        if config_for is None:
+            return RunOutcome(0.9, 0.0, 0.0, 20)
+        torch.manual_seed(seed)
+        pruner = pdprune.prepare(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), config_for(20))
+        for _ in range(20):
+            pruner.step()
+        report = pruner.finalize()
+        return RunOutcome(0.5, report.achieved_sparsity, 0.0, 20)
+
+
+def test_the_grid_runs_every_budget_and_pattern_with_real_configs(tmp_path):
+    from pdprune.bench.accuracy import PlanEntry, run_accuracy
+
+    plan = [PlanEntry(_TinyTask(), (0.75,), ("global", "erk"), ("2:4", "1:4"))]
+    grid = AccuracyGrid(methods=("pdp", "gmp"), nm_methods=("pdp", "oneshot", "srste"), seeds=(0, 1))
+    result = run_accuracy(plan, grid, tmp_path, "tiny", "cmd", "test", progress=False, log=lambda *_: None)
+    runs = {(r["method"], r["budget"], r["seed"]): r["achieved_sparsity"] for r in result["rows"]}
+    assert len(runs) == 2 * (1 + 2 * 2 + 2 * 3)
+    assert runs[("gmp", "erk", 1)] == pytest.approx(0.75, abs=0.01)
+    assert runs[("srste", "2:4", 0)] == 0.5 and runs[("pdp", "1:4", 1)] == 0.75
+    assert result["grid"]["methods"] == ["pdp", "gmp", "oneshot", "srste"]

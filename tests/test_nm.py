@@ -173,7 +173,7 @@ def test_uninitialised_lazy_layers_are_explained():
     [
         ({"sparsity": 0.9}, "pattern 2:4 removes 0.5"),
         ({"method": GMP()}, "GMP has no N:M form"),
-        ({"overrides": {"head": 0.2}}, "every layer keeps N of M"),
+        ({"overrides": {"head": 0.2}}, "unstructured pruning only"),
         ({"indivisible": "skip"}, "indivisible must be"),
     ],
 )

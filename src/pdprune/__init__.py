@@ -11,13 +11,17 @@
 from pdprune.config import DEFAULT_TAU, LayerOverride, PruneConfig
 from pdprune.method import PDP, MaskMethod
 from pdprune.nn import DEFAULT_LAYER_TYPES, Pruner, default_filter, prepare
-from pdprune.pattern import NM
+from pdprune.pattern import NM, Channels
+from pdprune.channel import ChannelPruner, ChannelReport, load_shrunk, save_shrunk
 from pdprune.report import LayerReport, PruneReport
 from pdprune.schedule import Schedule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelPruner",
+    "ChannelReport",
+    "Channels",
     "DEFAULT_LAYER_TYPES",
     "DEFAULT_TAU",
     "LayerOverride",
@@ -31,5 +35,7 @@ __all__ = [
     "Schedule",
     "__version__",
     "default_filter",
+    "load_shrunk",
     "prepare",
+    "save_shrunk",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -12,7 +12,7 @@ from torch import nn
 
 from pdprune.functional import check_sparsity, check_tau
 from pdprune.method import PDP, MaskMethod
-from pdprune.pattern import NM, parse_pattern
+from pdprune.pattern import NM, Channels, parse_pattern
 from pdprune.schedule import Schedule
 
 __all__ = ["DEFAULT_TAU", "LayerOverride", "PruneConfig"]
@@ -82,12 +82,13 @@ class PruneConfig:
     exclude: Sequence[str] = ()
     overrides: Mapping[str, LayerOverride | float] = field(default_factory=dict)
     method: MaskMethod = field(default_factory=PDP)
-    pattern: str | NM = "unstructured"
+    pattern: str | NM | Channels = "unstructured"
     indivisible: Literal["error", "dense"] = "error"
 
     def __post_init__(self) -> None:
-        nm = parse_pattern(self.pattern)
-        object.__setattr__(self, "pattern", nm if nm is not None else "unstructured")
+        parsed = parse_pattern(self.pattern)
+        object.__setattr__(self, "pattern", parsed if parsed is not None else "unstructured")
+        nm = parsed if isinstance(parsed, NM) else None
         if nm is None and self.sparsity is None:
             raise ValueError("PruneConfig needs a sparsity (e.g. sparsity=0.9) or an N:M pattern (e.g. pattern='2:4')")
         if nm is not None and self.sparsity is not None and abs(check_sparsity(self.sparsity) - nm.sparsity) > 1e-9:
@@ -109,7 +110,9 @@ class PruneConfig:
                 f"{type(self.method).__name__} has no N:M form; use pdprune.PDP(), "
                 f"pdprune.baselines.OneShot() or pdprune.baselines.SRSTE() with pattern {nm}"
             )
-        if nm is None and not self.method.supports_unstructured:
+        if isinstance(parsed, Channels) and not self.method.supports_channels:
+            raise ValueError(f"{type(self.method).__name__} has no channel form; use pdprune.PDP() with pattern='channel'")
+        if parsed is None and not self.method.supports_unstructured:
             raise ValueError(f"{type(self.method).__name__} is an N:M method; give pattern='2:4' (or another N:M)")
         if not isinstance(self.schedule, Schedule):
             raise TypeError(
@@ -129,17 +132,22 @@ class PruneConfig:
         for pattern, value in dict(self.overrides).items():
             _compile(pattern, "overrides")
             normalised[pattern] = value if isinstance(value, LayerOverride) else LayerOverride(sparsity=value)
-            if nm is not None and normalised[pattern].sparsity is not None:
+            if parsed is not None and normalised[pattern].sparsity is not None:
                 raise ValueError(
-                    f"override {pattern!r} sets a sparsity, but with pattern {nm} every layer keeps N of M; "
-                    f"use exclude=[...] to leave layers dense, or LayerOverride(tau=...) alone"
+                    f"override {pattern!r} sets a sparsity, but per-layer sparsities apply to unstructured pruning "
+                    f"only (pattern {parsed}); use exclude=[...] to leave layers out"
                 )
         object.__setattr__(self, "overrides", MappingProxyType(normalised))
 
     @property
     def nm(self) -> NM | None:
-        """The N:M pattern, or None for unstructured pruning."""
+        """The N:M pattern, or None."""
         return self.pattern if isinstance(self.pattern, NM) else None
+
+    @property
+    def channels(self) -> Channels | None:
+        """The channel pattern, or None."""
+        return self.pattern if isinstance(self.pattern, Channels) else None
 
     def override_for(self, name: str) -> LayerOverride | None:
         """The first override whose regex is found in ``name``, if any."""
@@ -164,6 +172,7 @@ class PruneConfig:
             "method": self.method.fingerprint(),
             # Only when set, so checkpoints saved before N:M existed still match.
             **({"pattern": str(self.pattern), "indivisible": self.indivisible} if self.nm is not None else {}),
+            **({"pattern": asdict(self.channels)} if self.channels is not None else {}),
         }
 
 

@@ -28,6 +28,7 @@ class MaskMethod:
     name: ClassVar[str] = "base"
     supports_unstructured: ClassVar[bool] = True
     supports_nm: ClassVar[bool] = True
+    supports_channels: ClassVar[bool] = False
 
     def masked_weight(self, weight: torch.Tensor, state: "MaskState") -> torch.Tensor:
         """The tensor the layer computes with in place of ``weight`` (differentiable)."""
@@ -55,6 +56,7 @@ class PDP(MaskMethod):
     of M for N:M). tau comes from the config (or a per-layer override)."""
 
     name: ClassVar[str] = "pdp"
+    supports_channels: ClassVar[bool] = True
 
     def masked_weight(self, weight: torch.Tensor, state: "MaskState") -> torch.Tensor:
         return soft_masked_weight(weight, state.threshold(weight), state.tau)

@@ -1,15 +1,17 @@
-"""Sparsity patterns: unstructured (any weights) or N:M (N kept in every group of M consecutive
-weights along a layer's reduction dimension, which sparse tensor cores accelerate)."""
+"""Sparsity patterns: unstructured (any weights), N:M (N kept in every group of M consecutive
+weights along a layer's reduction dimension, which sparse tensor cores accelerate) or channels
+(whole output channels, removed physically afterwards)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import nn
 
 from pdprune.functional import check_nm
 
-__all__ = ["NM", "Pattern", "parse_pattern", "reduction_dim"]
+__all__ = ["Channels", "NM", "Pattern", "parse_pattern", "reduction_dim"]
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -32,21 +34,49 @@ class NM:
         return f"{self.n}:{self.m}"
 
 
-Pattern = NM | None  # None: unstructured
+@dataclass(frozen=True)
+class Channels:
+    """Prune whole output channels (with every layer coupled to them), then remove them.
+
+    ``unit``: what the sparsity counts, "channels" (default), "params" or "flops" of the
+    prunable layers. ``round_to``: kept widths are multiples of this (e.g. 8 for tensor cores).
+    ``tau``: the soft mask's temperature relative to t^2, since channel scores (sums of squared
+    weights over whole channels) differ in scale by orders of magnitude between layers.
+    """
+
+    unit: Literal["channels", "params", "flops"] = "channels"
+    round_to: int = 1
+    tau: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("channels", "params", "flops"):
+            raise ValueError(f"Channels(unit=...) must be 'channels', 'params' or 'flops', got {self.unit!r}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ValueError(f"Channels(round_to=...) must be a positive int, got {self.round_to!r}")
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0:
+            raise ValueError(f"Channels(tau=...) must be a number > 0 (relative to t^2), got {self.tau!r}")
+
+    def __str__(self) -> str:
+        return "channel"
 
 
-def parse_pattern(value: str | NM | None) -> Pattern:
-    """"unstructured" (or None) -> None; "2:4" or NM(2, 4) -> NM(2, 4)."""
-    if value is None or isinstance(value, NM):
+Pattern = NM | Channels | None  # None: unstructured
+
+
+def parse_pattern(value: str | NM | Channels | None) -> Pattern:
+    """"unstructured" (or None) -> None; "2:4" or NM(2, 4) -> NM(2, 4); "channel" -> Channels()."""
+    if value is None or isinstance(value, (NM, Channels)):
         return value
     if isinstance(value, str):
         text = value.strip().lower()
         if text == "unstructured":
             return None
+        if text in ("channel", "channels"):
+            return Channels()
         parts = text.split(":")
         if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
             return NM(int(parts[0]), int(parts[1]))
-    raise ValueError(f"pattern must be 'unstructured' or 'N:M' such as '2:4', got {value!r}")
+    raise ValueError(f"pattern must be 'unstructured', 'N:M' such as '2:4', or 'channel', got {value!r}")
 
 
 def reduction_dim(module: nn.Module) -> int:

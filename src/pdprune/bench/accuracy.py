@@ -305,7 +305,7 @@ def run_accuracy(
                 label = f"{task.name} {method} {sparsity:.0%}" + ("" if method == "dense" else f" {budget}") + f" s{seed}"
                 spec = METHODS.get(method)
                 config_for = (
-                    lambda total, spec=spec, sparsity=sparsity, chosen=replace(setup, budget=budget), pattern=pattern:
+                    lambda total, spec=spec, sparsity=sparsity, chosen=setup if pattern else replace(setup, budget=budget), pattern=pattern:
                     spec.config(sparsity, total, chosen, pattern=pattern)
                 ) if spec else None
                 outcome = task.run(seed, config_for, progress, label)

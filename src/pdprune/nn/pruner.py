@@ -287,11 +287,14 @@ class Pruner:
             )
 
 
-def prepare(model: nn.Module, config: PruneConfig) -> Pruner:
+def prepare(model: nn.Module, config: PruneConfig, example_inputs: Any = None) -> Any:
     """Attach PDP soft masks to the layers of ``model`` that ``config`` selects.
 
     The model keeps its class, parameters and state_dict keys; masks apply in forward once the
-    schedule's warm-up is over. Returns the :class:`Pruner` that drives the schedule.
+    schedule's warm-up is over. Returns the :class:`Pruner` that drives the schedule, or for
+    ``pattern="channel"`` a :class:`pdprune.channel.ChannelPruner`, which needs
+    ``example_inputs`` (one batch as the model takes it: a tensor, a tuple of positional
+    arguments or a dict of keyword arguments) to trace which channels are coupled.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare() takes an nn.Module, got {type(model).__name__}")
@@ -303,6 +306,17 @@ def prepare(model: nn.Module, config: PruneConfig) -> Pruner:
             f"this model is already prepared for pruning (masks on {', '.join(masked[:5])}); keep "
             f"using its Pruner, or call pruner.remove() (or finalize()) before preparing it again."
         )
+    if config.channels is not None:
+        if example_inputs is None:
+            raise ValueError(
+                "channel pruning traces the model to find coupled channels: pass example_inputs=, one "
+                "batch as the model takes it (a tensor, a tuple of arguments or a dict of keyword arguments)"
+            )
+        from pdprune.channel.pruner import ChannelPruner
+
+        return ChannelPruner(model, config, example_inputs)
+    if example_inputs is not None:
+        raise ValueError("example_inputs is only used by pattern='channel'; leave it out")
     return Pruner(model, config)
 
 
@@ -318,7 +332,9 @@ def _indivisible_layers(tensors: list[PrunedTensor], nm: NM) -> dict[str, tuple[
 
 
 def _has_mask_hook(module: nn.Module) -> bool:
-    return any(isinstance(getattr(h, "__self__", None), MaskHook) for h in module._forward_pre_hooks.values())
+    from pdprune.channel.masking import ChannelHook
+
+    return any(isinstance(getattr(h, "__self__", None), (MaskHook, ChannelHook)) for h in module._forward_pre_hooks.values())
 
 
 def _describe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:

@@ -1,0 +1,104 @@
+"""A portable checkpoint of a channel-shrunk model: safetensors weights and a JSON shape plan.
+
+The plan records the removals (which channels of which layer, in order) and the example inputs'
+shapes. Loading builds the user's class from its own constructor, replays the removals and loads
+the weights: no pickle anywhere, so a checkpoint from an untrusted source cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdprune.io import atomic_write, atomic_write_json, ensure_writable_folder
+
+__all__ = ["load_shrunk", "save_shrunk"]
+
+PLAN_FORMAT = 1
+PLAN_FILE = "plan.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _spec(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return {"tensor": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+    if isinstance(value, dict):
+        return {"dict": {str(k): _spec(v) for k, v in value.items()}}
+    if isinstance(value, (tuple, list)):
+        return {"list": [_spec(v) for v in value]}
+    raise TypeError(f"example inputs must be tensors, tuples/lists or dicts of them, not {type(value).__name__}")
+
+
+def _build(spec: Any) -> Any:
+    if "tensor" in spec:
+        return torch.zeros(spec["tensor"], dtype=getattr(torch, spec["dtype"]))
+    if "dict" in spec:
+        return {k: _build(v) for k, v in spec["dict"].items()}
+    return tuple(_build(v) for v in spec["list"])
+
+
+def _class_name(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def save_shrunk(pruner: Any, directory: str | os.PathLike[str], example_inputs: Any) -> list[Path]:
+    """Write ``model.safetensors`` and ``plan.json`` for the model a channel pruner has shrunk.
+
+    ``example_inputs`` must have the shapes the pruner traced with (values do not matter).
+    """
+    from safetensors.torch import save_model
+
+    folder = ensure_writable_folder(directory)
+    model = pruner.model
+    plan = {
+        "format": PLAN_FORMAT,
+        "kind": "pdprune shrunk model",
+        "class": _class_name(model),
+        "removals": pruner.pruning_plan(),
+        "example_inputs": _spec(example_inputs),
+        "shapes": {name: list(t.shape) for name, t in model.state_dict().items()},
+    }
+    weights = atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_model(model, str(tmp)))
+    return [weights, atomic_write_json(folder / PLAN_FILE, plan)]
+
+
+def load_shrunk(directory: str | os.PathLike[str], build: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> nn.Module:
+    """Rebuild a shrunk model: ``build(*args, **kwargs)`` (the class or any factory) makes the
+    dense model, the plan's removals shrink it, and the weights load into it (strictly)."""
+    import torch_pruning as tp
+    from safetensors.torch import load_model
+
+    folder = Path(directory)
+    plan_path = folder / PLAN_FILE
+    if not plan_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{folder} holds no shrunk model: expected {PLAN_FILE} and {WEIGHTS_FILE} (see pdprune.save_shrunk)")
+    plan = json.loads(plan_path.read_text())
+    if plan.get("kind") != "pdprune shrunk model" or plan.get("format") != PLAN_FORMAT:
+        raise ValueError(f"{plan_path} is not a pdprune shrunk-model plan (format {PLAN_FORMAT})")
+    model = build(*args, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"build(...) must return an nn.Module, got {type(model).__name__}")
+    if _class_name(model) != plan["class"]:
+        raise ValueError(f"this checkpoint holds a {plan['class']}, but build(...) made a {_class_name(model)}")
+    was_training = model.training
+    model.eval()
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=_build(plan["example_inputs"]), verbose=False)
+    model.train(was_training)
+    try:
+        graph.load_pruning_history([tuple(step) for step in plan["removals"]])
+    except (AttributeError, IndexError, ValueError) as error:
+        raise ValueError(f"the plan's removals do not fit the model build(...) made ({error}); build it with the "
+                         f"same constructor arguments as the model that was pruned") from None
+    shapes = {name: list(t.shape) for name, t in model.state_dict().items()}
+    if shapes != plan["shapes"]:
+        differ = sorted(n for n in set(shapes) | set(plan["shapes"]) if shapes.get(n) != plan["shapes"].get(n))
+        raise ValueError(f"after the plan's removals the model's tensors differ from the checkpoint's: "
+                         f"{', '.join(differ[:5])}; build it with the same constructor arguments as the pruned model")
+    missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=True)
+    return model

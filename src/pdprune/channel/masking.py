@@ -1,0 +1,87 @@
+"""Channel masks in forward: one soft mask per coupled group, applied to each producer's output
+channels (weight rows, bias and norm affine parameters) by swapping those parameters for masked
+ones during the module's forward, as the weight masks do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdprune.channel.groups import ChannelGroup, ChannelMember
+from pdprune.functional import channel_scores, channel_soft_mask, check_finite
+
+__all__ = ["ChannelHook", "ChannelMaskState"]
+
+
+class ChannelMaskState:
+    """The shared mask of one channel group, recomputed from the current weights each step."""
+
+    def __init__(self, group: ChannelGroup, keep: int, tau: float) -> None:
+        self.group = group
+        self.keep = keep
+        self.tau = tau
+        self.progress = 0.0  # fraction of the ramp done; 0 means no mask at all
+        self.epoch = 0  # bumped every optimizer step
+        self._cached: tuple[tuple[Any, ...], torch.Tensor] | None = None
+
+    def scores(self) -> torch.Tensor:
+        weights = self.group.scored_weights()
+        for weight, _ in weights:
+            if not bool(torch.isfinite(weight.detach().float().sum())):
+                check_finite(weight, f"a weight of channel group {self.group.name}")
+        return channel_scores(weights)
+
+    def mask(self) -> torch.Tensor:
+        """The soft mask (float32, one value per channel) for the weights as they are now."""
+        key = (self.epoch, self.progress, *((id(w), w._version) for w, _ in self.group.scored_weights()))
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        m = channel_soft_mask(self.scores(), self.keep, self.tau, self.progress)
+        self._cached = (key, m)
+        return m
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cached"] = None
+        return state
+
+
+class ChannelHook:
+    """Pre/post forward hooks that run one producer module with its channels masked."""
+
+    def __init__(self, state: ChannelMaskState, member: ChannelMember) -> None:
+        self.state = state
+        self.member = member
+        self._stash: list[list[tuple[str, nn.Parameter]]] = []
+
+    def before(self, module: nn.Module, args: Any) -> None:
+        if self.state.progress == 0.0:
+            return
+        m = self.state.mask()
+        saved = []
+        for name, dim in self.member.channel_params():
+            parameter = module._parameters[name]
+            assert parameter is not None
+            shape = [1] * parameter.dim()
+            shape[dim] = -1
+            saved.append((name, parameter))
+            module._parameters[name] = (parameter * m.view(shape).to(parameter.dtype))  # type: ignore[assignment]
+        self._stash.append(saved)
+
+    def after(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._stash:
+            for name, parameter in self._stash.pop():
+                module._parameters[name] = parameter
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_stash"] = []
+        return state
+
+    def attach(self, module: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        return [
+            module.register_forward_pre_hook(self.before),
+            module.register_forward_hook(self.after, always_call=True),
+        ]

@@ -1,0 +1,202 @@
+"""The channel pruner: PDP over whole output channels, then physical removal.
+
+    pruner = pdprune.prepare(model, PruneConfig(sparsity=0.5, pattern="channel", schedule=...),
+                             example_inputs=batch)
+    ... loss.backward(); optimizer.step(); pruner.step()
+    pruner.finalize()        # the pruned channels hold exact zeros; shapes unchanged
+    pruner.shrink()          # the same model object, with smaller layers
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdprune.channel.costs import LayerCost, measure_costs, solve_keep
+from pdprune.channel.groups import find_channel_groups
+from pdprune.channel.masking import ChannelHook, ChannelMaskState
+from pdprune.channel.report import ChannelLayerReport, ChannelReport
+from pdprune.config import PruneConfig
+from pdprune.functional import channel_keep
+from pdprune.nn.selection import default_filter
+
+__all__ = ["ChannelPruner"]
+
+STATE_FORMAT = 1
+
+
+class ChannelPruner:
+    """Learns which output channels to keep, one shared soft mask per coupled group."""
+
+    def __init__(self, model: nn.Module, config: PruneConfig, example_inputs: Any) -> None:
+        pattern = config.channels
+        assert pattern is not None
+        self.model = model
+        self.config = config
+        keep_module = config.filter_fn or default_filter
+        self.graph, groups, self.skipped = find_channel_groups(model, example_inputs, keep_module, config.exclude)
+        if config.include:
+            chosen = [g for g in groups if any(re.search(p, m.name) for p in config.include for m in g.members)]
+            for g in groups:
+                if g not in chosen:
+                    self.skipped[g.name] = "not matched by include"
+            groups = chosen
+        if not groups:
+            reasons = "; ".join(f"{k}: {v}" for k, v in list(self.skipped.items())[:6]) or "no Linear or convolution"
+            raise ValueError(
+                f"{type(model).__name__} has no channel group that can be pruned ({reasons}). Check the "
+                f"filter, include and exclude settings, or prune unstructured or N:M instead."
+            )
+        self.groups = {g.name: g for g in groups}
+        self.costs: list[LayerCost] = measure_costs(model, example_inputs, groups)
+        self.keep = solve_keep(groups, self.costs, config.sparsity, pattern.unit, pattern.round_to)
+        self.states = {g.name: ChannelMaskState(g, self.keep[g.name], pattern.tau) for g in groups}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        for g in groups:
+            for member in g.members:
+                self._handles += ChannelHook(self.states[g.name], member).attach(member.module)
+        self.kept: dict[str, torch.Tensor] | None = None  # per group, fixed by finalize()
+        self.step_count = 0
+        self.finalized = False
+        self.shrunk = False
+        self._model_params_before = _count(model)
+        self._update()
+
+    # ----------------------------------------------------------------- lifecycle
+    def step(self) -> None:
+        """Advance the schedule by one optimizer step."""
+        self._require(finalized=False)
+        self.step_count += 1
+        for state in self.states.values():
+            state.epoch += 1
+        self._update()
+
+    def finalize(self) -> ChannelReport:
+        """Keep exactly the budgeted channels of each group (highest scores), zero the others in
+        every producer (weight rows, bias, norm affine) and remove the hooks. Shapes do not change
+        until :meth:`shrink`."""
+        self._require(finalized=False)
+        schedule = self.config.schedule
+        if self.step_count < schedule.warmup_steps + schedule.ramp_steps:
+            warnings.warn(
+                f"finalize() after {self.step_count} steps, before the schedule's ramp ends at step "
+                f"{schedule.warmup_steps + schedule.ramp_steps}: channels are cut at the full budget now.",
+                stacklevel=2,
+            )
+        self.kept = self.masks()
+        with torch.no_grad():
+            for name, group in self.groups.items():
+                keep = self.kept[name]
+                for member in group.members:
+                    for param_name, dim in member.channel_params():
+                        parameter = getattr(member.module, param_name)
+                        shape = [1] * parameter.dim()
+                        shape[dim] = -1
+                        parameter.mul_(keep.view(shape).to(parameter.dtype))
+        self.remove()
+        self.finalized = True
+        return self.report()
+
+    def shrink(self) -> nn.Module:
+        """Remove the zeroed channels physically: every coupled layer (convs, norms, Linear, the
+        consumers' input channels) gets smaller, in place. Returns the model. Build the optimizer
+        anew afterwards: its parameters are replaced."""
+        self._require(finalized=True)
+        if self.shrunk:
+            raise RuntimeError("this model is already shrunk")
+        assert self.kept is not None
+        for name, group in self.groups.items():
+            pruned = (~self.kept[name]).nonzero().flatten().tolist()
+            if pruned:
+                self.graph.get_pruning_group(group.root, group.root_fn, pruned).prune()
+        self.shrunk = True
+        return self.model
+
+    def remove(self) -> None:
+        """Detach the masks without changing the weights."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # ----------------------------------------------------------------- inspection
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Per group, the boolean channels :meth:`finalize` keeps (or kept)."""
+        if self.kept is not None:
+            return {k: v.clone() for k, v in self.kept.items()}
+        return {name: channel_keep(state.scores(), state.keep) for name, state in self.states.items()}
+
+    def pruning_plan(self) -> list[list[Any]]:
+        """The removals :meth:`shrink` made, replayable on a fresh model of the same class
+        (see :func:`pdprune.save_shrunk` / :func:`pdprune.load_shrunk`)."""
+        self._require(finalized=True)
+        if not self.shrunk:
+            raise RuntimeError("call shrink() first: the plan records the removals it made")
+        return [[name, bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in self.graph.pruning_history()]
+
+    def report(self) -> ChannelReport:
+        channels = {name: g.channels for name, g in self.groups.items()}
+        layers = []
+        for cost in self.costs:
+            out_f, in_f = cost.fractions(self.keep, channels)
+            params, macs = cost.after(self.keep, channels)
+            layers.append(ChannelLayerReport(
+                cost.name, cost.module_type,
+                (cost.out_channels, round(cost.out_channels * out_f)),
+                (cost.in_channels, round(cost.in_channels * in_f)),
+                (cost.params, params), (cost.macs, macs),
+            ))
+        removed = sum(c.params - c.after(self.keep, channels)[0] for c in self.costs)
+        return ChannelReport(
+            unit=self.config.channels.unit,  # type: ignore[union-attr]
+            target_sparsity=self.config.sparsity,
+            groups={name: (g.channels, self.keep[name]) for name, g in self.groups.items()},
+            layers=layers,
+            skipped=dict(self.skipped),
+            model_params=(self._model_params_before, _count(self.model) if self.shrunk else self._model_params_before - removed),
+            finalized=self.finalized,
+            shrunk=self.shrunk,
+            step=self.step_count,
+        )
+
+    # ----------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "kind": "channel", "step": self.step_count, "finalized": self.finalized,
+                "fingerprint": self._fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._require(finalized=False)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("kind") != "channel":
+            raise ValueError("not a pdprune channel-pruner checkpoint; pass the dict ChannelPruner.state_dict() returned")
+        if state.get("finalized"):
+            raise ValueError("this checkpoint was saved after finalize(); there is nothing to resume")
+        if state.get("fingerprint") != self._fingerprint():
+            raise ValueError("channel-pruner checkpoint was saved for a different model or config; build the same "
+                             "model, example inputs and PruneConfig as the run that saved it")
+        self.step_count = int(state["step"])
+        for s in self.states.values():
+            s.epoch += 1
+        self._update()
+
+    # ----------------------------------------------------------------- internals
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"config": self.config.fingerprint(),
+                "groups": {n: [g.channels, self.keep[n]] for n, g in self.groups.items()}}
+
+    def _update(self) -> None:
+        progress = self.config.method.progress(self.config.schedule, self.step_count)
+        for state in self.states.values():
+            state.progress = progress
+
+    def _require(self, finalized: bool) -> None:
+        if finalized and not self.finalized:
+            raise RuntimeError("call finalize() first")
+        if not finalized and self.finalized:
+            raise RuntimeError("this pruner has been finalized; the model is an ordinary model now")
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

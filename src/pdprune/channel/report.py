@@ -1,0 +1,125 @@
+"""What channel pruning removed: per layer channels, parameters and MACs before and after, per
+group the channels kept, and the groups left alone with the reason."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pdprune.io import atomic_write_json, atomic_write_text
+
+__all__ = ["ChannelLayerReport", "ChannelReport"]
+
+
+@dataclass(frozen=True)
+class ChannelLayerReport:
+    name: str
+    module_type: str
+    out_channels: tuple[int, int]  # before, after
+    in_channels: tuple[int, int]
+    params: tuple[int, int]
+    macs: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ChannelReport:
+    """Channel pruning of one model. ``sparsity`` counts ``unit`` (channels, params or flops)."""
+
+    unit: str
+    target_sparsity: float
+    groups: dict[str, tuple[int, int]]  # group -> (channels, kept)
+    layers: list[ChannelLayerReport]
+    skipped: dict[str, str]
+    model_params: tuple[int, int]
+    finalized: bool
+    shrunk: bool
+    step: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pattern(self) -> str:
+        return "channel"
+
+    def _total(self, what: str) -> tuple[int, int]:
+        return (sum(getattr(l, what)[0] for l in self.layers), sum(getattr(l, what)[1] for l in self.layers))
+
+    @property
+    def params(self) -> tuple[int, int]:
+        """Linear/conv parameters before and after."""
+        return self._total("params")
+
+    @property
+    def macs(self) -> tuple[int, int]:
+        """Multiply-accumulates of one forward of the example inputs, before and after."""
+        return self._total("macs")
+
+    @property
+    def channel_sparsity(self) -> float:
+        total = sum(c for c, _ in self.groups.values())
+        return 1.0 - sum(k for _, k in self.groups.values()) / total
+
+    @property
+    def achieved_sparsity(self) -> float:
+        """Fraction of the unit removed (channels of the pruned groups, or Linear/conv params or MACs)."""
+        if self.unit == "channels":
+            return self.channel_sparsity
+        before, after = self.params if self.unit == "params" else self.macs
+        return 1.0 - after / before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pattern": "channel",
+            "unit": self.unit,
+            "target_sparsity": self.target_sparsity,
+            "achieved_sparsity": self.achieved_sparsity,
+            "channel_sparsity": self.channel_sparsity,
+            "params": list(self.params),
+            "macs": list(self.macs),
+            "model_params": list(self.model_params),
+            "finalized": self.finalized,
+            "shrunk": self.shrunk,
+            "step": self.step,
+            "groups": {k: {"channels": c, "kept": kept} for k, (c, kept) in self.groups.items()},
+            "skipped_groups": dict(self.skipped),
+            "layers": [asdict(l) for l in self.layers],
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def to_text(self) -> str:
+        header = ("layer", "type", "out", "in", "params", "MACs")
+        rows = [
+            (l.name, l.module_type, _change(l.out_channels), _change(l.in_channels), _change(l.params), _change(l.macs))
+            for l in self.layers
+        ]
+        rows.append(("total (Linear/conv)", "", "", "", _change(self.params), _change(self.macs)))
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+        def line(cells: tuple[str, ...]) -> str:
+            return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+        rule = "-" * len(line(header))
+        body = [line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1])]
+        p0, p1 = self.params
+        m0, m1 = self.macs
+        state = "removed" if self.shrunk else ("zeroed, not yet removed" if self.finalized else "masks not yet hardened")
+        body.append(
+            f"channels: {self.channel_sparsity:.1%} of {sum(c for c, _ in self.groups.values()):,} in "
+            f"{len(self.groups)} groups pruned ({state}); params -{1 - p1 / p0:.1%}, MACs -{1 - m1 / m0:.1%}; "
+            f"target {self.target_sparsity:.0%} of {self.unit}"
+        )
+        body += [f"left alone: {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(body)
+
+    def save(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write report.json and report.txt atomically into ``directory``."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        return [atomic_write_json(folder / "report.json", self.to_dict()),
+                atomic_write_text(folder / "report.txt", self.to_text() + "\n")]
+
+
+def _change(pair: tuple[int, int]) -> str:
+    before, after = pair
+    return f"{before:,}" if before == after else f"{before:,} -> {after:,}"

@@ -1,0 +1,67 @@
+"""Channel pruning maths: one score per output channel of a coupled group, PDP's soft mask over
+those scores, and exact hardening. Pure functions, no modules, no state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from pdprune.functional.masks import LOGIT_FLOOR
+
+__all__ = ["channel_keep", "channel_scores", "channel_soft_mask"]
+
+
+def channel_scores(weights: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor:
+    """Squared L2 norm of each channel, summed over the coupled weights (weight, channel dim).
+
+    Every weight must have the same number of channels along its dim; float32, detached.
+    """
+    if not weights:
+        raise ValueError("a channel group needs at least one weight to score")
+    total = None
+    for weight, dim in weights:
+        w = weight.detach().float()
+        squares = w.pow(2).sum(dim=[d for d in range(w.dim()) if d != dim]) if w.dim() > 1 else w.pow(2)
+        if total is not None and squares.shape != total.shape:
+            raise ValueError(f"coupled weights disagree on the channel count: {tuple(squares.shape)} vs {tuple(total.shape)}")
+        total = squares if total is None else total + squares
+    assert total is not None
+    return total
+
+
+def _cut(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """t^2 where t is the midpoint between the keep-th and (keep+1)-th largest channel norm."""
+    norms = torch.topk(scores.sqrt(), keep + 1, sorted=True).values
+    return (0.5 * (norms[keep - 1] + norms[keep])) ** 2
+
+
+def channel_soft_mask(scores: torch.Tensor, keep: int, tau: float, progress: float = 1.0) -> torch.Tensor:
+    """PDP's mask per channel: sigmoid((s - t^2) / (tau * t^2)) with s the squared channel norm.
+
+    ``tau`` is relative to t^2 so one value fits layers of any scale. ``progress`` in [0, 1]
+    scales t^2 from 0 to its full value, ramping the cut in smoothly. Channels far below the cut
+    get exactly 0 (as for weights, to keep denormals out of the matmuls).
+    """
+    channels = scores.numel()
+    if not 1 <= keep <= channels:
+        raise ValueError(f"keep must be between 1 and the {channels} channels, got {keep}")
+    if keep == channels or progress <= 0.0:
+        return torch.ones_like(scores)
+    t2 = _cut(scores, keep)
+    temperature = tau * t2
+    if not bool(temperature > 0):  # the channels at the cut are all zero: nothing to rank softly
+        return channel_keep(scores, keep).float()
+    logit = (scores - progress * t2) / temperature
+    return torch.where(logit > LOGIT_FLOOR, torch.sigmoid(logit), 0.0)
+
+
+def channel_keep(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Boolean mask of the ``keep`` highest-scoring channels (ties: the earlier channel wins)."""
+    channels = scores.numel()
+    if not 1 <= keep <= channels:
+        raise ValueError(f"keep must be between 1 and the {channels} channels, got {keep}")
+    order = torch.sort(scores, descending=True, stable=True).indices
+    mask = torch.zeros(channels, dtype=torch.bool, device=scores.device)
+    mask[order[:keep]] = True
+    return mask
