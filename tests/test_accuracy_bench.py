@@ -212,3 +212,9 @@ def test_the_grid_runs_every_budget_and_pattern_with_real_configs(tmp_path):
     assert runs[("gmp", "erk", 1)] == pytest.approx(0.75, abs=0.01)
     assert runs[("srste", "2:4", 0)] == 0.5 and runs[("pdp", "1:4", 1)] == 0.75
     assert result["grid"]["methods"] == ["pdp", "gmp", "oneshot", "srste"]
+
+
+def test_patterns_must_be_nm(tmp_path, capsys):
+    args = ["bench", "accuracy", "--tasks", "resnet", "--patterns", "unstructured", "--out", str(tmp_path)]
+    assert cli.main(args) == 2
+    assert "N:M patterns such as 2:4" in capsys.readouterr().err

@@ -239,3 +239,62 @@ def test_a_2_4_checkpoint_does_not_load_into_an_unstructured_run():
     other = pdprune.prepare(ConvNet(), pdprune.PruneConfig(sparsity=0.5, schedule=pdprune.Schedule(40, warmup=5, ramp=20), exclude=["stem"]))
     with pytest.raises(ValueError, match="pattern"):
         other.load_state_dict(saved)
+
+
+def test_grouped_transposed_convs_need_m_to_divide_each_conv_group():
+    model = nn.Sequential(nn.ConvTranspose2d(8, 4, 1, groups=4))  # 2 input channels per conv group
+    with pytest.raises(ValueError, match=r"size 2 along dim 0"):
+        pdprune.prepare(model, _nm_config())
+    ok = nn.Sequential(nn.ConvTranspose2d(16, 4, 1, groups=2))  # 8 per conv group
+    pruner = pdprune.prepare(ok, _nm_config(warmup=0, ramp=1, total=2))
+    pruner.step()
+    pruner.finalize()
+    per_group = (ok[0].weight != 0).view(2, 2, 4, 2)  # (conv group, blocks of 4, 4, out/groups)
+    assert bool((per_group.sum(2) == 2).all())
+
+
+def test_unknown_layer_types_are_refused_for_nm():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 8))
+
+        def forward(self, x):
+            return x @ self.weight.T
+
+    model = nn.Sequential(Odd())
+    with pytest.raises(ValueError, match="does not know"):
+        pdprune.prepare(model, _nm_config(filter_fn=lambda m, n: isinstance(m, Odd)))
+
+
+def test_a_custom_method_must_opt_in_to_nm():
+    class Rounded(pdprune.MaskMethod):
+        def masked_weight(self, weight, state):
+            return weight
+
+    with pytest.raises(ValueError, match="Rounded has no N:M form"):
+        _nm_config(method=Rounded())
+
+
+def test_budget_rules_do_not_apply_to_nm():
+    with pytest.raises(ValueError, match="leave budget out"):
+        _nm_config(budget="erk")
+
+
+def test_current_sparsity_measures_the_nm_ramp():
+    torch.manual_seed(0)
+    model = ConvNet()
+    pruner = pdprune.prepare(model, _nm_config(exclude=["stem"], warmup=0, ramp=10))
+    for _ in range(4):
+        pruner.step()
+    measured = pruner.current_sparsity()["conv.weight"]
+    state = pruner.states["conv.weight"]
+    expected = float((model.conv.weight.abs() < state.progress * nm_threshold(model.conv.weight, 2, 4)).float().mean())
+    assert measured == pytest.approx(expected) and 0 < measured < 0.5
+
+
+def test_numpy_integers_are_whole_numbers():
+    import numpy as np
+
+    assert pdprune.NM(np.int64(2), np.int32(4)) == pdprune.NM(2, 4)
+    assert type(pdprune.NM(np.int64(2), 4).n) is int

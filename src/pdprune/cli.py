@@ -132,13 +132,21 @@ def _run_bench_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nm_pattern(text: str) -> str:
+    from pdprune.pattern import NM, parse_pattern
+
+    pattern = parse_pattern(text)
+    if not isinstance(pattern, NM):
+        raise ValueError(f"--patterns takes N:M patterns such as 2:4, got {text!r}")
+    return str(pattern)
+
+
 def _run_bench_accuracy(args: argparse.Namespace) -> int:
     import os
 
     from pdprune.bench.accuracy import AccuracyGrid, PlanSettings, build_plan, run_accuracy
     from pdprune.bench.methods import PruningSetup
     from pdprune.io import ensure_writable_folder
-    from pdprune.pattern import parse_pattern
 
     if not args.sparsities and not args.patterns and set(args.tasks) - {"minilm"}:
         raise ValueError("no sparsity and no N:M pattern to measure the image tasks at: give --sparsities or --patterns")
@@ -149,7 +157,7 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
         image_sparsities=tuple(args.sparsities),
         text_sparsities=tuple(args.text_sparsities),
         image_budgets=tuple(dict.fromkeys(args.budgets)),
-        image_patterns=tuple(str(parse_pattern(p)) for p in dict.fromkeys(args.patterns)),
+        image_patterns=tuple(_nm_pattern(p) for p in dict.fromkeys(args.patterns)),
         text_budgets=tuple(dict.fromkeys(args.text_budgets)),
         text_steps=args.text_steps,
         text_lr=args.text_lr,

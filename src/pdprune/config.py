@@ -121,6 +121,11 @@ class PruneConfig:
             )
         if self.budget not in BUDGETS:
             raise ValueError(f"budget must be one of {', '.join(map(repr, BUDGETS))}, got {self.budget!r}")
+        if parsed is not None and self.budget != "global":
+            raise ValueError(
+                f"budget={self.budget!r} splits an unstructured sparsity over layers; pattern {parsed} sets each "
+                f"layer's share itself, so leave budget out"
+            )
         for what in ("include", "exclude"):
             patterns = getattr(self, what)
             if isinstance(patterns, str):

@@ -26,8 +26,9 @@ class MaskMethod:
     """Base class. Override :meth:`masked_weight`; methods that store a mask also :meth:`update`."""
 
     name: ClassVar[str] = "base"
+    # The patterns a method knows how to mask; a new method opts in to N:M and channels.
     supports_unstructured: ClassVar[bool] = True
-    supports_nm: ClassVar[bool] = True
+    supports_nm: ClassVar[bool] = False
     supports_channels: ClassVar[bool] = False
 
     def masked_weight(self, weight: torch.Tensor, state: "MaskState") -> torch.Tensor:
@@ -56,6 +57,7 @@ class PDP(MaskMethod):
     of M for N:M). tau comes from the config (or a per-layer override)."""
 
     name: ClassVar[str] = "pdp"
+    supports_nm: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
 
     def masked_weight(self, weight: torch.Tensor, state: "MaskState") -> torch.Tensor:

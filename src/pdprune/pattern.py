@@ -11,7 +11,7 @@ from torch import nn
 
 from pdprune.functional import check_nm
 
-__all__ = ["Channels", "NM", "Pattern", "parse_pattern", "reduction_dim"]
+__all__ = ["Channels", "NM", "Pattern", "parse_pattern", "reduction_dim", "reduction_group_size"]
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -24,7 +24,9 @@ class NM:
     m: int
 
     def __post_init__(self) -> None:
-        check_nm(self.n, self.m)
+        n, m = check_nm(self.n, self.m)
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "m", m)
 
     @property
     def sparsity(self) -> float:
@@ -79,7 +81,22 @@ def parse_pattern(value: str | NM | Channels | None) -> Pattern:
     raise ValueError(f"pattern must be 'unstructured', 'N:M' such as '2:4', or 'channel', got {value!r}")
 
 
-def reduction_dim(module: nn.Module) -> int:
-    """The weight dimension a layer sums over: input features/channels (dim 0 for transposed
-    convolutions, whose weight is laid out (in, out/groups, *kernel))."""
-    return 0 if isinstance(module, _TRANSPOSED) else 1
+def reduction_dim(module: nn.Module) -> int | None:
+    """The weight dimension a layer sums over: input features/channels. Dim 1 for Linear and
+    convolutions, dim 0 for transposed convolutions (weight (in, out/groups, *kernel)) and for
+    transformers' GPT-2 style ``Conv1D`` (weight (in, out)); None for a type it cannot know."""
+    if isinstance(module, _TRANSPOSED) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf")):
+        return 0
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return 1
+    return None
+
+
+def reduction_group_size(module: nn.Module, shape: tuple[int, ...]) -> int | None:
+    """How many consecutive weights along the reduction dimension one output sums over before
+    another convolution group starts (the whole dimension unless a transposed conv is grouped)."""
+    dim = reduction_dim(module)
+    if dim is None:
+        return None
+    size = shape[dim]
+    return size // module.groups if isinstance(module, _TRANSPOSED) else size

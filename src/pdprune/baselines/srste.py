@@ -38,11 +38,18 @@ class _SparseRefinedSTE(torch.autograd.Function):
 @dataclass(frozen=True)
 class SRSTE(MaskMethod):
     """Sparse-refined straight-through N:M training. The N:M mask applies from the end of warm-up
-    (the schedule's ramp is ignored, as in the paper); ``decay`` is lambda_W (paper: 2e-4)."""
+    (the schedule's ramp is ignored, as in the paper); ``decay`` is lambda_W (paper: 2e-4).
+
+    As in the paper the decay is part of the gradient, added in backward. So it is scaled like a
+    gradient term that the loss does not see: a GradScaler's loss scale S makes it decay / S after
+    unscaling, and k accumulated micro-batches add it k times. Under those, pass decay * S or
+    decay / k to keep lambda_W per optimizer step.
+    """
 
     decay: float = 2e-4
     name: ClassVar[str] = "srste"
     supports_unstructured: ClassVar[bool] = False
+    supports_nm: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if isinstance(self.decay, bool) or not isinstance(self.decay, (int, float)) or not self.decay >= 0:
@@ -52,5 +59,5 @@ class SRSTE(MaskMethod):
         return 1.0 if schedule.pruning_started(step) else 0.0
 
     def masked_weight(self, weight: torch.Tensor, state: "MaskState") -> torch.Tensor:
-        keep = state.hard_mask(weight.detach(), state.sparsity)
+        keep = state.current_hard_mask(weight.detach())
         return _SparseRefinedSTE.apply(weight, keep, float(self.decay))

@@ -79,13 +79,14 @@ def erk_budgets(
         dense |= newly_dense
     ideal = {i: float(sizes[i]) if i in dense else scale * raw[i] * sizes[i] for i in free}
     kept = {i: min(sizes[i], max(1, math.floor(ideal[i]))) for i in free}
-    # Largest remainders first, so the total is exact.
+    # The floor of one weight per layer and the rounding leave the total off by up to a weight per
+    # layer; settle it a weight at a time, where the ideal share is least well served, until exact.
     shortfall = rest_keep - sum(kept.values())
-    for i in sorted(free, key=lambda i: ideal[i] - math.floor(ideal[i]), reverse=True):
-        if shortfall == 0:
-            break
+    while shortfall:
         step = 1 if shortfall > 0 else -1
-        if 1 <= kept[i] + step <= sizes[i]:
+        movable = [i for i in free if 1 <= kept[i] + step <= sizes[i]]
+        movable.sort(key=lambda i: (ideal[i] - kept[i]) * step, reverse=True)
+        for i in movable[: abs(shortfall)]:
             kept[i] += step
             shortfall -= step
     for i in free:
@@ -109,6 +110,11 @@ def _split_fixed(
     result: list[float] = [check_sparsity(f) if f is not None else 0.0 for f in fixed]
     rest_keep = total_keep - fixed_keep
     free_size = sum(sizes[i] for i in free)
+    if free and not fixed_keep and rest_keep < len(free):
+        raise ValueError(
+            f"sparsity {r} keeps {rest_keep} of {free_size} weights, fewer than the {len(free)} layers (each "
+            f"keeps at least one); lower the sparsity or prune fewer layers."
+        )
     if free and (rest_keep < len(free) or rest_keep > free_size):
         raise ValueError(
             f"per-layer overrides fix {fixed_keep} kept weights, which leaves {rest_keep} for the "

@@ -8,6 +8,8 @@ fixed (out, kernel position).
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from pdprune.functional.masks import check_finite
@@ -18,8 +20,9 @@ __all__ = ["check_nm", "nm_hard_mask", "nm_threshold"]
 def check_nm(n: int, m: int) -> tuple[int, int]:
     """Validate an N:M pattern (0 < N < M) and return it as plain ints."""
     for value, what in ((n, "N"), (m, "M")):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"N:M needs whole numbers, got {what}={value!r}")
+    n, m = int(n), int(m)
     if not 0 < n < m:
         raise ValueError(f"N:M needs 0 < N < M (keep N of every M weights), got {n}:{m}")
     return int(n), int(m)
@@ -48,9 +51,10 @@ def nm_threshold(weight: torch.Tensor, n: int, m: int, dim: int = 1, *, check: b
     Returned in float32 with the weight's shape (each weight sees its group's threshold), detached.
     """
     n, m = check_nm(n, m)
-    if check:
+    groups = _groups(weight, m, dim)
+    if check and not bool(torch.isfinite(groups.max())):  # NaN or inf somewhere
         check_finite(weight, name)
-    top = torch.topk(_groups(weight, m, dim), n + 1, dim=-1, sorted=True).values
+    top = torch.topk(groups, n + 1, dim=-1, sorted=True).values
     t = 0.5 * (top[..., n - 1 : n] + top[..., n : n + 1])
     return _ungroup(t.expand(*t.shape[:-1], m), weight, dim)
 

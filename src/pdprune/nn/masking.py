@@ -36,6 +36,7 @@ class MaskState:
         self.calls = 0  # forward calls seen in training mode, to detect layers never called
         self._cached: tuple[tuple[int, int, int, float], torch.Tensor] | None = None
         self._last_threshold: float | None = None  # a search hint only: results never depend on it
+        self._cached_hard: tuple[tuple[int, int, int, float], torch.Tensor] | None = None
         self.epoch = 0  # bumped every optimizer step: thresholds are never reused across steps
 
     def threshold(self, weight: torch.Tensor) -> torch.Tensor:
@@ -60,6 +61,15 @@ class MaskState:
         self._cached = (key, t)
         return t
 
+    def current_hard_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        """The hard mask at the sparsity in force, reused while the weight is unchanged."""
+        key = (id(weight), weight._version, self.epoch, self.sparsity)
+        if self._cached_hard is not None and self._cached_hard[0] == key:
+            return self._cached_hard[1]
+        keep = self.hard_mask(weight, self.sparsity)
+        self._cached_hard = (key, keep)
+        return keep
+
     def hard_mask(self, weight: torch.Tensor, sparsity: float) -> torch.Tensor:
         """Boolean keep-mask at ``sparsity``: exactly N of every M for an N:M layer."""
         if self.nm is None or sparsity == 0.0:
@@ -74,6 +84,7 @@ class MaskState:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cached"] = None
+        state["_cached_hard"] = None
         return state
 
 

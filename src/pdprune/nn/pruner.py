@@ -22,7 +22,7 @@ from pdprune.config import PruneConfig
 from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count
 from pdprune.nn.masking import MaskState, MaskHook
 from pdprune.nn.selection import PrunedTensor, select_tensors
-from pdprune.pattern import NM, reduction_dim
+from pdprune.pattern import NM, reduction_dim, reduction_group_size
 from pdprune.report import LayerReport, PruneReport
 
 __all__ = ["Pruner", "prepare"]
@@ -59,7 +59,7 @@ class Pruner:
             override = config.override_for(tensor.users[0][0])
             tau = override.tau if override and override.tau is not None else config.tau
             self.fixed[tensor.name] = override.sparsity if override else None
-            layer_nm, dim = nm, reduction_dim(tensor.users[0][1])
+            layer_nm, dim = nm, reduction_dim(tensor.users[0][1]) or 0
             if tensor.name in indivisible:
                 layer_nm, self.fixed[tensor.name] = None, 0.0
                 self.notes[tensor.name] = f"left dense: {nm} needs size along dim {dim} divisible by {nm.m}"
@@ -122,8 +122,17 @@ class Pruner:
 
     # ----------------------------------------------------------------- inspection
     def current_sparsity(self) -> dict[str, float]:
-        """The sparsity in force for each pruned tensor at this step."""
-        return {name: state.sparsity for name, state in self.states.items()}
+        """The sparsity in force for each pruned tensor at this step. For N:M during the ramp,
+        the fraction of weights below their group's (scaled) threshold, measured now."""
+        result = {}
+        for tensor in self.tensors:
+            state = self.states[tensor.name]
+            if state.nm is not None and 0.0 < state.progress < 1.0:
+                weight = tensor.parameter.detach()
+                result[tensor.name] = float((weight.abs().float() < state.threshold(weight)).float().mean())
+            else:
+                result[tensor.name] = state.sparsity
+        return result
 
     def masks(self) -> dict[str, torch.Tensor]:
         """Boolean keep-masks each tensor would get if hardened at its final budget now."""
@@ -321,11 +330,20 @@ def prepare(model: nn.Module, config: PruneConfig, example_inputs: Any = None) -
 
 
 def _indivisible_layers(tensors: list[PrunedTensor], nm: NM) -> dict[str, tuple[int, int]]:
-    """Layers whose reduction dimension ``nm.m`` does not divide: name -> (dim, size)."""
+    """Layers whose reduction dimension ``nm.m`` does not divide: name -> (dim, size). For a
+    grouped transposed conv the size is per conv group, so no group of M straddles two."""
     found = {}
     for tensor in tensors:
-        dim = reduction_dim(tensor.users[0][1])
-        size = tensor.parameter.shape[dim]
+        module = tensor.users[0][1]
+        dim = reduction_dim(module)
+        if dim is None:
+            raise ValueError(
+                f"N:M needs each layer's reduction dimension, and {tensor.name} is a {type(module).__name__}, "
+                f"whose layout pdprune does not know (it knows Linear, Conv1d/2d/3d, ConvTranspose and "
+                f"transformers' Conv1D); leave it out with exclude=[...] or a filter_fn"
+            )
+        size = reduction_group_size(module, tuple(tensor.parameter.shape))
+        assert size is not None
         if size % nm.m:
             found[tensor.name] = (dim, size)
     return found
