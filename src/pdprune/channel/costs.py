@@ -27,6 +27,7 @@ class LayerCost:
     out_channels: int
     in_channels: int
     params: int  # weight and bias
+    bias: int
     macs: int
     out_group: str | None
     in_groups: tuple[str, ...]
@@ -44,7 +45,8 @@ class LayerCost:
         """(params, MACs) once the pruned channels are removed."""
         out, inp = self.fractions(keep, channels)
         factor = out if self.depthwise else out * inp
-        return round(self.params * factor), round(self.macs * factor)
+        weights = self.params - self.bias
+        return round(weights * factor) + round(self.bias * out), round(self.macs * factor)
 
 
 def measure_costs(model: nn.Module, example_inputs: Any, groups: list[ChannelGroup]) -> list[LayerCost]:
@@ -84,8 +86,8 @@ def measure_costs(model: nn.Module, example_inputs: Any, groups: list[ChannelGro
         else:
             out_ch, in_ch = m.out_channels, m.in_channels
             depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-        params = m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
-        costs.append(LayerCost(name, type(m).__name__, out_ch, in_ch, params, macs.get(id(m), 0),
+        bias = m.bias.numel() if m.bias is not None else 0
+        costs.append(LayerCost(name, type(m).__name__, out_ch, in_ch, m.weight.numel() + bias, bias, macs.get(id(m), 0),
                                out_group.get(id(m)), tuple(in_groups.get(name, ())), depthwise))
     return costs
 

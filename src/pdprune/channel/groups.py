@@ -24,8 +24,8 @@ __all__ = ["ChannelGroup", "ChannelMember", "find_channel_groups"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
-          nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm)
 SCORED_TYPES = (nn.Linear, *_CONV, *_TRANSPOSED)
 
 
@@ -71,6 +71,8 @@ def _member(name: str, module: nn.Module) -> ChannelMember | str:
         return ChannelMember(name, module, 1, True)
     if isinstance(module, (nn.Linear, *_CONV)):
         return ChannelMember(name, module, 0, True)
+    if isinstance(module, _CROSS_CHANNEL_NORMS):
+        return f"{name}: {type(module).__name__} normalises across channels, so removing some would change the rest"
     if isinstance(module, _NORMS):
         return ChannelMember(name, module, 0, False)
     if not any(True for _ in module.parameters(recurse=False)):
@@ -181,4 +183,76 @@ def find_channel_groups(
             continue
         channels = len(root_item.idxs)
         groups.append(ChannelGroup(root_name, channels, members, consumers, root, root_item.dep.handler))
+    for name, why in _unfaithful_removals(model, example_inputs, groups).items():
+        skipped[name] = why
+    groups = [g for g in groups if g.name not in skipped]
     return graph, groups, skipped
+
+
+def zero_channels(group: ChannelGroup, keep: torch.Tensor, modules: dict[str, nn.Module] | None = None) -> None:
+    """Zero the channels ``keep`` drops in every producer of ``group`` (weight rows, bias, norm
+    affine), in place; ``modules`` maps names to the modules of another copy of the model."""
+    with torch.no_grad():
+        for member in group.members:
+            module = modules[member.name] if modules is not None else member.module
+            for param_name, dim in member.channel_params():
+                parameter = getattr(module, param_name)
+                shape = [1] * parameter.dim()
+                shape[dim] = -1
+                parameter.mul_(keep.view(shape).to(parameter.dtype))
+
+
+def _unfaithful_removals(model: nn.Module, example_inputs: Any, groups: list[ChannelGroup]) -> dict[str, str]:
+    """Groups whose removal would change what the model computes, found by trying it.
+
+    On copies of the model, the last channel of every group is zeroed (as hardening does) and
+    then physically removed; the two copies must agree. Where they do not (a reshape that
+    splits channels into attention heads, an activation with f(0) != 0 before a consumer), each
+    group is tried alone to name the culprits. Groups of one channel are not tried (they keep it).
+    """
+    import copy
+
+    triable = [g for g in groups if g.channels > 1]
+    if not triable:
+        return {}
+
+    def attempt(chosen: list[ChannelGroup]) -> str | None:
+        import torch_pruning as tp
+
+        reference = copy.deepcopy(model).eval()
+        modules = dict(reference.named_modules())
+        for g in chosen:
+            keep = torch.ones(g.channels, dtype=torch.bool)
+            keep[-1] = False
+            zero_channels(g, keep, modules)
+        removed = copy.deepcopy(reference)
+        try:
+            with torch.no_grad():
+                expected = _flatten(_call(reference, example_inputs))
+            graph = tp.DependencyGraph().build_dependency(removed, example_inputs=example_inputs, verbose=False)
+            by_name = dict(removed.named_modules())
+            for g in chosen:
+                root = by_name[g.name]
+                fn = graph.get_pruner_of_module(root).prune_out_channels
+                graph.get_pruning_group(root, fn, [g.channels - 1]).prune()
+            with torch.no_grad():
+                actual = _flatten(_call(removed, example_inputs))
+        except Exception as error:  # noqa: BLE001 - any failure means the removal is not faithful
+            return f"removing its channels breaks the forward pass ({type(error).__name__}: {str(error)[:120]})"
+        for e, a in zip(expected, actual):
+            if e.shape != a.shape:
+                return f"removing its channels changes an output's shape {tuple(e.shape)} -> {tuple(a.shape)}"
+            scale = float(e.float().abs().max()) or 1.0
+            if float((e.float() - a.float()).abs().max()) > 1e-4 * scale:
+                return ("removing its zeroed channels changes the outputs (channels split into attention heads by a "
+                        "reshape, or an activation with f(0) != 0 before the next layer)")
+        return None
+
+    if attempt(triable) is None:
+        return {}
+    found = {}
+    for g in triable:
+        why = attempt([g])
+        if why is not None:
+            found[g.name] = why
+    return found

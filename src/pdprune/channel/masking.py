@@ -38,7 +38,11 @@ class ChannelMaskState:
         key = (self.epoch, self.progress, *((id(w), w._version) for w, _ in self.group.scored_weights()))
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
-        m = channel_soft_mask(self.scores(), self.keep, self.tau, self.progress)
+        # The ramp moves the cut one channel at a time, as the unstructured ramp moves the
+        # sparsity: at progress p, p of the channels to remove are below it.
+        channels = self.group.channels
+        keep_now = channels - round(self.progress * (channels - self.keep))
+        m = channel_soft_mask(self.scores(), keep_now, self.tau)
         self._cached = (key, m)
         return m
 

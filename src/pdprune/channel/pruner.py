@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pdprune.channel.costs import LayerCost, measure_costs, solve_keep
-from pdprune.channel.groups import find_channel_groups
+from pdprune.channel.groups import find_channel_groups, zero_channels
 from pdprune.channel.masking import ChannelHook, ChannelMaskState
 from pdprune.channel.report import ChannelLayerReport, ChannelReport
 from pdprune.config import PruneConfig
@@ -88,15 +88,8 @@ class ChannelPruner:
                 stacklevel=2,
             )
         self.kept = self.masks()
-        with torch.no_grad():
-            for name, group in self.groups.items():
-                keep = self.kept[name]
-                for member in group.members:
-                    for param_name, dim in member.channel_params():
-                        parameter = getattr(member.module, param_name)
-                        shape = [1] * parameter.dim()
-                        shape[dim] = -1
-                        parameter.mul_(keep.view(shape).to(parameter.dtype))
+        for name, group in self.groups.items():
+            zero_channels(group, self.kept[name])
         self.remove()
         self.finalized = True
         return self.report()

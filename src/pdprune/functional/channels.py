@@ -36,23 +36,23 @@ def _cut(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return (0.5 * (norms[keep - 1] + norms[keep])) ** 2
 
 
-def channel_soft_mask(scores: torch.Tensor, keep: int, tau: float, progress: float = 1.0) -> torch.Tensor:
-    """PDP's mask per channel: sigmoid((s - t^2) / (tau * t^2)) with s the squared channel norm.
+def channel_soft_mask(scores: torch.Tensor, keep: int, tau: float) -> torch.Tensor:
+    """PDP's mask per channel: sigmoid((s - t^2) / (tau * t^2)) with s the squared channel norm
+    and t the midpoint between the keep-th and (keep+1)-th largest norm.
 
-    ``tau`` is relative to t^2 so one value fits layers of any scale. ``progress`` in [0, 1]
-    scales t^2 from 0 to its full value, ramping the cut in smoothly. Channels far below the cut
+    ``tau`` is relative to t^2 so one value fits layers of any scale. Channels far below the cut
     get exactly 0 (as for weights, to keep denormals out of the matmuls).
     """
     channels = scores.numel()
     if not 1 <= keep <= channels:
         raise ValueError(f"keep must be between 1 and the {channels} channels, got {keep}")
-    if keep == channels or progress <= 0.0:
+    if keep == channels:
         return torch.ones_like(scores)
     t2 = _cut(scores, keep)
     temperature = tau * t2
     if not bool(temperature > 0):  # the channels at the cut are all zero: nothing to rank softly
         return channel_keep(scores, keep).float()
-    logit = (scores - progress * t2) / temperature
+    logit = (scores - t2) / temperature
     return torch.where(logit > LOGIT_FLOOR, torch.sigmoid(logit), 0.0)
 
 

@@ -1,0 +1,235 @@
+"""Channel pruning: coupled groups, PDP channel masks, budgets, physical removal and the portable
+shrunk-model checkpoint."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import pdprune
+from pdprune.baselines import GMP
+from pdprune.functional import channel_keep, channel_scores, channel_soft_mask
+from pdprune.models import SmallMobileNetV2, SmallResNet
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+class Block(nn.Module):
+    """A transformer encoder block with its own q/k/v projections (heads split by a reshape)."""
+
+    def __init__(self, d: int = 32, heads: int = 4, ffn: int = 64) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.fc1, self.fc2 = nn.Linear(d, ffn), nn.Linear(ffn, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (p(x).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        attention = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1) @ v
+        x = self.ln1(x + self.o(attention.transpose(1, 2).reshape(b, t, d)))
+        return self.ln2(x + self.fc2(torch.nn.functional.gelu(self.fc1(x))))
+
+
+class TinyEncoder(nn.Module):
+    def __init__(self, vocab: int = 50) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 32)
+        self.blocks = nn.Sequential(Block(), Block())
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.embed(ids)).mean(1))
+
+
+def _config(sparsity=0.5, total=30, **pattern):
+    return pdprune.PruneConfig(
+        sparsity=sparsity, pattern=pdprune.Channels(**pattern) if pattern else "channel",
+        schedule=pdprune.Schedule(total, warmup=0.1, ramp=0.5),
+    )
+
+
+def _train(model, pruner, inputs, steps, lr=0.05):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for _ in range(steps):
+        loss = model(inputs).float().logsumexp(-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruner.step()
+
+
+def _conv_linear_params(model):
+    return sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+@pytest.mark.parametrize("build, inputs", [
+    (SmallResNet, lambda: torch.randn(6, 1, 28, 28)),
+    (SmallMobileNetV2, lambda: torch.randn(6, 1, 28, 28)),
+    (TinyEncoder, lambda: torch.randint(0, 50, (6, 9))),
+])
+def test_shrunk_model_computes_what_the_masked_model_computes(build, inputs):
+    torch.manual_seed(0)
+    model, x = build(), inputs()
+    pruner = pdprune.prepare(model, _config(), example_inputs=x)
+    _train(model, pruner, x, 30)
+    report = pruner.finalize()
+    model.eval()
+    masked = model(x)
+    assert type(pruner.shrink()) is build
+    shrunk = model(x)
+    assert shrunk.shape == masked.shape
+    assert float((shrunk - masked).norm() / masked.norm()) < 1e-5  # noqa
+    # what the report predicted is what removal produced
+    assert _conv_linear_params(model) == report.params[1] < report.params[0]
+    for name, (channels, kept) in report.groups.items():
+        assert kept == round(0.5 * channels)
+    assert pruner.report().shrunk and "removed" in pruner.report().to_text()
+
+
+def test_groups_follow_residuals_norms_and_depthwise_chains():
+    model = SmallResNet()
+    pruner = pdprune.prepare(model, _config(), example_inputs=torch.randn(1, 1, 28, 28))
+    members = {name: sorted(m.name for m in g.members) for name, g in pruner.groups.items()}
+    residual = next(ms for ms in members.values() if "stages.2.conv2" in ms)
+    assert {"stages.2.conv2", "stages.2.bn2", "stages.2.shortcut.0", "stages.2.shortcut.1"} <= set(residual)
+    assert pruner.skipped == {"head": "head produces a model output"}
+    mobile = pdprune.prepare(SmallMobileNetV2(), _config(), example_inputs=torch.randn(1, 1, 28, 28))
+    expansion = next(g for g in mobile.groups.values() if any(m.name == "features.6.block.1.0" for m in g.members))
+    assert {m.name for m in expansion.members} >= {"features.6.block.0.0", "features.6.block.1.0"}  # depthwise follows
+
+
+def test_attention_heads_and_layer_norm_streams_are_left_alone_with_the_reason():
+    pruner = pdprune.prepare(TinyEncoder(), _config(), example_inputs=torch.randint(0, 50, (2, 7)))
+    assert set(pruner.groups) == {"blocks.0.fc1", "blocks.1.fc1"}  # the FFN rows
+    reasons = " ".join(pruner.skipped.values())
+    assert "breaks the forward pass" in reasons or "changes the outputs" in reasons  # q/k/v split into heads
+    assert "LayerNorm normalises across channels" in reasons
+    assert "left alone: blocks.0.v" in pruner.report().to_text()
+
+
+def test_activation_that_is_not_zero_at_zero_blocks_removal():
+    model = nn.Sequential(nn.Linear(8, 16), nn.Sigmoid(), nn.Linear(16, 4))
+    with pytest.raises(ValueError, match="no channel group that can be pruned.*changes the outputs"):
+        pdprune.prepare(model, _config(), example_inputs=torch.randn(3, 8))
+
+
+def test_masks_start_after_warm_up_and_ramp_in():
+    torch.manual_seed(0)
+    model, x = SmallResNet(), torch.randn(4, 1, 28, 28)
+    reference = SmallResNet()
+    reference.load_state_dict(model.state_dict())
+    pruner = pdprune.prepare(model, _config(), example_inputs=x)
+    model.eval(), reference.eval()
+    assert torch.equal(model(x), reference(x))  # warm-up: no mask
+    assert list(model.state_dict()) == list(reference.state_dict())
+    for _ in range(8):
+        pruner.step()
+    state = next(iter(pruner.states.values()))
+    m = state.mask()
+    assert 0 < state.progress < 1 and float(m.min()) < 0.5 and float(m.max()) > 0.99
+    assert not torch.equal(model(x), reference(x))
+
+
+@pytest.mark.parametrize("unit", ["params", "flops"])
+def test_parameter_and_flop_budgets(unit):
+    x = torch.randn(2, 1, 28, 28)
+    pruner = pdprune.prepare(SmallMobileNetV2(), _config(sparsity=0.5, unit=unit), example_inputs=x)
+    report = pruner.report()
+    before, after = report.params if unit == "params" else report.macs
+    assert 0.5 - 1e-9 <= 1 - after / before <= 0.56  # at least the target, as close as the widths allow
+    assert report.achieved_sparsity == pytest.approx(1 - after / before)
+
+
+def test_widths_round_to_a_multiple():
+    pruner = pdprune.prepare(SmallMobileNetV2(), _config(sparsity=0.6, round_to=8), example_inputs=torch.randn(1, 1, 28, 28))
+    for channels, kept in pruner.report().groups.values():
+        assert kept % 8 == 0 or channels < 8
+        assert 1 <= kept <= channels
+
+
+def test_channel_errors_name_the_fix():
+    with pytest.raises(ValueError, match="pass example_inputs="):
+        pdprune.prepare(SmallResNet(), _config())
+    unstructured = pdprune.PruneConfig(sparsity=0.5, schedule=pdprune.Schedule(10))
+    with pytest.raises(ValueError, match="only used by pattern='channel'"):
+        pdprune.prepare(SmallResNet(), unstructured, example_inputs=torch.randn(1, 1, 28, 28))
+    with pytest.raises(ValueError, match="out of reach"):
+        pdprune.prepare(SmallResNet(), _config(sparsity=0.999, unit="flops"), example_inputs=torch.randn(1, 1, 28, 28))
+    with pytest.raises(ValueError, match="round_to"):
+        pdprune.Channels(round_to=0)
+    with pytest.raises(ValueError, match="no channel form"):
+        pdprune.PruneConfig(sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(10), method=GMP())
+
+
+def test_shrink_needs_finalize_and_happens_once():
+    x = torch.randn(2, 1, 28, 28)
+    pruner = pdprune.prepare(SmallResNet(), _config(total=4), example_inputs=x)
+    with pytest.raises(RuntimeError, match="finalize"):
+        pruner.shrink()
+    with pytest.warns(UserWarning, match="before the schedule's ramp ends"):
+        pruner.finalize()
+    pruner.shrink()
+    with pytest.raises(RuntimeError, match="already shrunk"):
+        pruner.shrink()
+
+
+def test_soft_mask_maths():
+    scores = torch.tensor([9.0, 4.0, 1.0, 0.25])  # norms 3, 2, 1, 0.5
+    assert torch.equal(channel_keep(scores, 2), torch.tensor([True, True, False, False]))
+    m = channel_soft_mask(scores, 2, tau=0.01)
+    assert float(m[0]) > 0.999 and float(m[3]) == 0.0
+    t2 = 1.5 ** 2  # midpoint of norms 2 and 1
+    at_cut = channel_soft_mask(torch.tensor([9.0, t2, 1.0]), 1, tau=0.01)  # cut between 3 and 1.5: t = 2.25
+    assert torch.equal(channel_soft_mask(scores, 4, tau=0.01), torch.ones(4))
+    assert float(channel_soft_mask(torch.tensor([4.0, t2, 1.0]), 1, 0.01)[1]) < 0.5 < float(m[1])
+    assert at_cut.shape == (3,)
+    assert torch.equal(channel_scores([(torch.ones(3, 2), 0), (torch.ones(3), 0)]), torch.tensor([3.0, 3.0, 3.0]))
+    assert torch.equal(channel_keep(torch.ones(4), 2), torch.tensor([True, True, False, False]))  # ties: earliest
+
+
+def test_portable_checkpoint_round_trips_in_a_fresh_process(tmp_path):
+    torch.manual_seed(0)
+    model, x = SmallMobileNetV2(), torch.randn(3, 1, 28, 28)
+    pruner = pdprune.prepare(model, _config(), example_inputs=x)
+    _train(model, pruner, x, 30)
+    pruner.finalize()
+    pruner.shrink()
+    model.eval()
+    torch.save({"x": x, "y": model(x).detach()}, tmp_path / "expected.pt")
+    written = pdprune.save_shrunk(pruner, tmp_path / "shrunk", example_inputs=x)
+    assert sorted(p.name for p in written) == ["model.safetensors", "plan.json"]
+    plan = json.loads((tmp_path / "shrunk" / "plan.json").read_text())
+    assert plan["class"] == "pdprune.models.mobilenet.SmallMobileNetV2" and plan["removals"]
+    script = (
+        "import torch, pdprune\n"
+        "from pdprune.models import SmallMobileNetV2\n"
+        f"model = pdprune.load_shrunk({str(tmp_path / 'shrunk')!r}, SmallMobileNetV2).eval()\n"
+        f"data = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
+        "error = float((model(data['x']) - data['y']).abs().max())\n"
+        "print(type(model).__name__, sum(p.numel() for p in model.parameters()), error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    name, params, error = result.stdout.split()
+    assert name == "SmallMobileNetV2" and int(params) == sum(p.numel() for p in model.parameters())
+    assert float(error) < 1e-5
+
+
+def test_loading_into_another_class_or_folder_is_refused(tmp_path):
+    x = torch.randn(2, 1, 28, 28)
+    pruner = pdprune.prepare(SmallResNet(), _config(total=4), example_inputs=x)
+    with pytest.warns(UserWarning):
+        pruner.finalize()
+    pruner.shrink()
+    pdprune.save_shrunk(pruner, tmp_path, example_inputs=x)
+    with pytest.raises(ValueError, match="holds a pdprune.models.resnet.SmallResNet"):
+        pdprune.load_shrunk(tmp_path, SmallMobileNetV2)
+    with pytest.raises(FileNotFoundError, match="no shrunk model"):
+        pdprune.load_shrunk(tmp_path / "absent", SmallResNet)
