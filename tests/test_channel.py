@@ -13,7 +13,7 @@ from torch import nn
 import pdprune
 from pdprune.baselines import GMP
 from pdprune.functional import channel_keep, channel_scores, channel_soft_mask
-from pdprune.models import SmallMobileNetV2, SmallResNet
+from pdprune.models import SmallCNN, SmallMobileNetV2, SmallResNet
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -54,10 +54,11 @@ def _config(sparsity=0.5, total=30, **pattern):
     )
 
 
-def _train(model, pruner, inputs, steps, lr=0.05):
+def _train(model, pruner, inputs, steps, lr=0.02):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    labels = torch.arange(len(inputs)) % 3
     for _ in range(steps):
-        loss = model(inputs).float().logsumexp(-1).mean()
+        loss = nn.functional.cross_entropy(model(inputs).float(), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -70,6 +71,7 @@ def _conv_linear_params(model):
 
 
 @pytest.mark.parametrize("build, inputs", [
+    (SmallCNN, lambda: torch.randn(6, 1, 28, 28)),  # conv channels flattened into a Linear
     (SmallResNet, lambda: torch.randn(6, 1, 28, 28)),
     (SmallMobileNetV2, lambda: torch.randn(6, 1, 28, 28)),
     (TinyEncoder, lambda: torch.randint(0, 50, (6, 9))),

@@ -32,6 +32,17 @@ def test_demo_with_a_2_4_pattern(tmp_path, capsys):
     assert comparison["pattern"] == "2:4" and 0.45 < comparison["achieved_sparsity"] <= 0.5
 
 
+def test_demo_channel_pattern_shrinks_and_measures_latency(tmp_path, capsys):
+    args = ["demo", "--pattern", "channel", "--epochs", "2", "--train-limit", "300", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "50% of the channels" in out and "(removed)" in out and "measured speedup of the shrunk model" in out
+    comparison = json.loads((tmp_path / "comparison.json").read_text())
+    assert comparison["pattern"] == "channel" and comparison["report"]["shrunk"]
+    assert comparison["pruned_nonzero_params"] < comparison["dense_params"] / 2
+    assert comparison["latency"]["speedup"] > 0 and comparison["latency"]["repeats"] == 30
+
+
 @pytest.mark.parametrize(
     "args, message",
     [(["--pattern", "2:4", "--sparsity", "0.9"], "does not apply"), (["--pattern", "2-4"], "N:M")],

@@ -53,10 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dataset", choices=sorted(DATASETS), default="digits",
                       help="digits (ships with scikit-learn, default) or fashion-mnist "
                       "(Debian package dataset-fashion-mnist)")
-    demo.add_argument("--sparsity", type=_sparsity, default=None, help="fraction of weights removed (default 0.9)")
-    demo.add_argument("--pattern", default="unstructured", metavar="{unstructured,N:M}",
-                      help="unstructured (default) or N:M such as 2:4 or 1:4 (then --sparsity does not apply; "
-                      "layers N:M cannot divide stay dense and the report says so)")
+    demo.add_argument("--sparsity", type=_sparsity, default=None,
+                      help="fraction of weights removed (default 0.9), or of channels with --pattern channel (default 0.5)")
+    demo.add_argument("--pattern", default="unstructured", metavar="{unstructured,N:M,channel}",
+                      help="unstructured (default); N:M such as 2:4 or 1:4 (then --sparsity does not apply; "
+                      "layers N:M cannot divide stay dense and the report says so); or channel (--sparsity is the "
+                      "fraction of channels removed, default 0.5; the model is shrunk and its latency measured)")
     demo.add_argument("--epochs", type=_positive_int, default=None,
                       help="epochs for each of the two runs (default: 30 for digits, 8 for fashion-mnist)")
     demo.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order")
@@ -181,13 +183,20 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from pdprune.demo import run_comparison
     from pdprune.io import ensure_writable_folder
-    from pdprune.pattern import parse_pattern
+    from pdprune.pattern import NM, Channels, parse_pattern
 
-    nm = parse_pattern(args.pattern)
+    parsed = parse_pattern(args.pattern)
+    nm = parsed if isinstance(parsed, NM) else None
+    channels = isinstance(parsed, Channels)
     if nm is not None and args.sparsity is not None:
         raise ValueError(f"--sparsity does not apply to --pattern {nm} (it removes {nm.sparsity:g} of every group); drop one")
-    sparsity = args.sparsity if args.sparsity is not None else 0.9
-    target = f"pattern {nm}" if nm is not None else f"target sparsity {sparsity:.0%}"
+    sparsity = args.sparsity if args.sparsity is not None else (0.5 if channels else 0.9)
+    if nm is not None:
+        target, label = f"pattern {nm}", f"PDP {nm}"
+    elif channels:
+        target, label = f"{sparsity:.0%} of the channels", f"PDP ch {sparsity:.0%}"
+    else:
+        target, label = f"target sparsity {sparsity:.0%}", f"PDP {sparsity:.0%}"
     out = ensure_writable_folder(args.out if args.out is not None else Path("pdprune-results") / f"demo-{args.dataset}")
     print(f"pdprune demo: SmallCNN on {args.dataset}, {target}, seed {args.seed}", flush=True)
     result = run_comparison(
@@ -205,14 +214,21 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(result.report.to_text())
     print()
     rows = [
-        ("", "dense", f"PDP {nm}" if nm is not None else f"PDP {sparsity:.0%}"),
+        ("", "dense", label),
         ("test accuracy", f"{result.dense_accuracy:.2%}", f"{result.pruned_accuracy:.2%}"),
         ("nonzero parameters", f"{result.dense_params:,}", f"{result.pruned_nonzero_params:,}"),
-        ("sparsity of pruned layers", "0.000", f"{result.report.achieved_sparsity:.3f}"),
+        ("sparsity of pruned layers", "0.000", f"{result.report.achieved_sparsity:.3f}") if not channels
+        else ("channels removed", "0.000", f"{result.report.achieved_sparsity:.3f}"),
         ("training time", f"{result.dense_seconds:.1f} s", f"{result.pruned_seconds:.1f} s"),
     ]
-    for label, dense, pruned in rows:
-        print(f"{label:<27}{dense:>12}{pruned:>12}")
+    if result.latency is not None:
+        rows.append((f"latency, batch {result.latency.batch}", f"{result.latency.dense_ms:.2f} ms",
+                     f"{result.latency.pruned_ms:.2f} ms"))
+    for row_label, dense, pruned in rows:
+        print(f"{row_label:<27}{dense:>12}{pruned:>12}")
+    if result.latency is not None:
+        print(f"measured speedup of the shrunk model: {result.latency.speedup:.2f}x "
+              f"({result.latency.threads} threads, medians of {result.latency.repeats})")
     written = result.report.save(out)
     written.append(atomic_write_json(out / "comparison.json", result.to_dict()))
     print(f"\nwrote {', '.join(str(p) for p in written)}")

@@ -14,7 +14,9 @@ from pdprune.data import load_dataset
 from pdprune.machine import machine_info
 from pdprune.models import SmallCNN
 from pdprune.nn import prepare
-from pdprune.pattern import parse_pattern
+from pdprune.pattern import NM, Channels, parse_pattern
+from pdprune.channel.report import ChannelReport
+from pdprune.latency import LatencyResult, compare_latency
 from pdprune.report import PruneReport
 from pdprune.schedule import Schedule
 from pdprune.training import TrainSettings, evaluate, train
@@ -42,11 +44,13 @@ class ComparisonResult:
     pruned_nonzero_params: int
     dense_seconds: float
     pruned_seconds: float
-    report: PruneReport
+    report: PruneReport | ChannelReport
+    latency: LatencyResult | None = None  # dense vs shrunk, for channel pruning
 
     def to_dict(self) -> dict[str, Any]:
-        fields = {k: v for k, v in self.__dict__.items() if k != "report"}
+        fields = {k: v for k, v in self.__dict__.items() if k not in ("report", "latency")}
         return fields | {
+            "latency": self.latency.to_dict() if self.latency is not None else None,
             "machine": machine_info(),
             "achieved_sparsity": self.report.achieved_sparsity,
             "accuracy_drop_points": 100 * (self.dense_accuracy - self.pruned_accuracy),
@@ -80,7 +84,8 @@ def run_comparison(
     if train_limit is not None:
         data = data.subset(train=train_limit)
     epochs = epochs if epochs is not None else DEFAULT_EPOCHS.get(dataset, 10)
-    nm = parse_pattern(pattern)
+    parsed = parse_pattern(pattern)
+    nm = parsed if isinstance(parsed, NM) else None
     if nm is not None:
         sparsity = nm.sparsity
     config_for = lambda total: PruneConfig(  # noqa: E731
@@ -102,10 +107,17 @@ def run_comparison(
 
     pruned = _build_model(data.image_shape, data.num_classes, seed)
     started = time.perf_counter()
-    label = f"PDP {nm}" if nm is not None else f"PDP {sparsity:.0%}"
-    pruner = train(pruned, data, settings(label), lambda m, total: prepare(m, config_for(total)))
+    channels = isinstance(parsed, Channels)
+    label = f"PDP {nm}" if nm is not None else f"PDP {'channels ' if channels else ''}{sparsity:.0%}"
+    example = data.x_train[:2] if channels else None
+    pruner = train(pruned, data, settings(label), lambda m, total: prepare(m, config_for(total), example_inputs=example))
     assert pruner is not None
     report = pruner.finalize()
+    latency = None
+    if channels:
+        pruner.shrink()  # the same SmallCNN class, with fewer channels
+        report = pruner.report()
+        latency = compare_latency(dense, pruned, data.x_test[:256])
     pruned_seconds = time.perf_counter() - started
 
     dense_params = sum(p.numel() for p in dense.parameters())
@@ -116,7 +128,7 @@ def run_comparison(
         epochs=epochs,
         seed=seed,
         sparsity=sparsity,
-        pattern=str(nm) if nm is not None else "unstructured",
+        pattern=str(parsed) if parsed is not None else "unstructured",
         tau=tau,
         dense_accuracy=evaluate(dense, data.x_test, data.y_test),
         pruned_accuracy=evaluate(pruned, data.x_test, data.y_test),
@@ -125,4 +137,5 @@ def run_comparison(
         dense_seconds=dense_seconds,
         pruned_seconds=pruned_seconds,
         report=report,
+        latency=latency,
     )

@@ -30,7 +30,7 @@ class LayerCost:
     bias: int
     macs: int
     out_group: str | None
-    in_groups: tuple[str, ...]
+    in_groups: tuple[tuple[str, int], ...]  # (group, input features per group channel)
     depthwise: bool
 
     def fractions(self, keep: dict[str, int], channels: dict[str, int]) -> tuple[float, float]:
@@ -38,7 +38,7 @@ class LayerCost:
         out = keep[self.out_group] / channels[self.out_group] if self.out_group in keep else 1.0
         if self.depthwise:
             return out, out
-        removed = sum(channels[g] - keep[g] for g in self.in_groups if g in keep)
+        removed = sum((channels[g] - keep[g]) * per for g, per in self.in_groups if g in keep)
         return out, max(0.0, 1.0 - removed / self.in_channels)
 
     def after(self, keep: dict[str, int], channels: dict[str, int]) -> tuple[int, int]:
@@ -52,10 +52,10 @@ class LayerCost:
 def measure_costs(model: nn.Module, example_inputs: Any, groups: list[ChannelGroup]) -> list[LayerCost]:
     """Run the example inputs once and count each Linear/conv layer's parameters and MACs."""
     out_group = {id(m.module): g.name for g in groups for m in g.members}
-    in_groups: dict[str, list[str]] = {}
+    in_groups: dict[str, list[tuple[str, int]]] = {}
     for g in groups:
-        for consumer in g.consumers:
-            in_groups.setdefault(consumer, []).append(g.name)
+        for consumer, per in g.consumers.items():
+            in_groups.setdefault(consumer, []).append((g.name, per))
     macs: dict[int, int] = {}
 
     def count(module: nn.Module, args: Any, output: torch.Tensor) -> None:

@@ -55,7 +55,7 @@ class ChannelGroup:
     name: str  # the root module's name
     channels: int
     members: list[ChannelMember]
-    consumers: list[str]
+    consumers: dict[str, int]  # consumer -> input features per group channel (>1 after a flatten)
     root: nn.Module = field(repr=False)
     root_fn: Callable[..., Any] = field(repr=False)
 
@@ -150,7 +150,7 @@ def find_channel_groups(
         root = root_item.dep.target.module
         root_name = names.get(root, "?")
         members: list[ChannelMember] = []
-        consumers: list[str] = []
+        consumers: dict[str, int] = {}
         reasons: list[str] = []
         for item in group:
             target = item.dep.target.module
@@ -161,7 +161,7 @@ def find_channel_groups(
             if name is None:
                 continue  # an operation node (add, cat, ...) of the traced graph
             if not graph.is_out_channel_pruning_fn(item.dep.handler):
-                consumers.append(name)
+                consumers[name] = consumers.get(name, 0) + len(item.idxs)
                 continue
             if list(item.idxs) != list(item.root_idxs):
                 reasons.append(f"{name}: channels reordered relative to {root_name}")
@@ -182,7 +182,8 @@ def find_channel_groups(
             skipped[root_name] = "; ".join(dict.fromkeys(reasons)) or "no prunable weights"
             continue
         channels = len(root_item.idxs)
-        groups.append(ChannelGroup(root_name, channels, members, consumers, root, root_item.dep.handler))
+        per_channel = {name: max(1, count // channels) for name, count in consumers.items()}
+        groups.append(ChannelGroup(root_name, channels, members, per_channel, root, root_item.dep.handler))
     for name, why in _unfaithful_removals(model, example_inputs, groups).items():
         skipped[name] = why
     groups = [g for g in groups if g.name not in skipped]
