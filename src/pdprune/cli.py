@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="N:M patterns for the image tasks, e.g. 2:4 1:4 (run with --nm-methods)")
     accuracy.add_argument("--nm-methods", nargs="+", default=["pdp", "oneshot", "srste"],
                           help="methods for the N:M patterns (default pdp oneshot srste)")
+    accuracy.add_argument("--channel-flops", nargs="+", type=_sparsity, default=[], metavar="FRACTION",
+                          help="channel pruning of the image tasks to these fractions of FLOPs removed, e.g. 0.5")
+    accuracy.add_argument("--channel-methods", nargs="+", default=["pdp", "l1channel"],
+                          help="methods for channel pruning (default pdp l1channel)")
     accuracy.add_argument("--budgets", nargs="+", choices=BUDGETS, default=["global"],
                           help="per-layer budget rules for the image tasks, each its own axis (default global)")
     accuracy.add_argument("--text-budgets", nargs="+", choices=BUDGETS, default=["uniform"],
@@ -150,8 +154,8 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
     from pdprune.bench.methods import PruningSetup
     from pdprune.io import ensure_writable_folder
 
-    if not args.sparsities and not args.patterns and set(args.tasks) - {"minilm"}:
-        raise ValueError("no sparsity and no N:M pattern to measure the image tasks at: give --sparsities or --patterns")
+    if not args.sparsities and not args.patterns and not args.channel_flops and set(args.tasks) - {"minilm"}:
+        raise ValueError("nothing to measure the image tasks at: give --sparsities, --patterns or --channel-flops")
     ensure_writable_folder(args.out)
     settings = PlanSettings(
         epochs=args.epochs,
@@ -160,6 +164,7 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
         text_sparsities=tuple(args.text_sparsities),
         image_budgets=tuple(dict.fromkeys(args.budgets)),
         image_patterns=tuple(_nm_pattern(p) for p in dict.fromkeys(args.patterns)),
+        image_channel_flops=tuple(dict.fromkeys(args.channel_flops)),
         text_budgets=tuple(dict.fromkeys(args.text_budgets)),
         text_steps=args.text_steps,
         text_lr=args.text_lr,
@@ -169,6 +174,7 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
     grid = AccuracyGrid(
         methods=tuple(args.methods),
         nm_methods=tuple(args.nm_methods),
+        channel_methods=tuple(args.channel_methods),
         seeds=(0, 1) if args.quick else tuple(args.seeds),
         setup=PruningSetup(tau=args.tau),
     )

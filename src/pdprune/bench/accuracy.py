@@ -36,6 +36,7 @@ class PlanEntry:
     sparsities: tuple[float, ...]
     budgets: tuple[str, ...]
     patterns: tuple[str, ...] = ()
+    channel_flops: tuple[float, ...] = ()  # fractions of FLOPs removed by channel pruning
 
 
 Plan = Sequence[PlanEntry]
@@ -51,6 +52,7 @@ class PlanSettings:
     text_sparsities: tuple[float, ...] = (0.9,)
     image_budgets: tuple[str, ...] = ("global",)
     image_patterns: tuple[str, ...] = ()  # N:M patterns such as "2:4", for the image tasks
+    image_channel_flops: tuple[float, ...] = ()  # channel pruning to these fractions of FLOPs removed
     text_budgets: tuple[str, ...] = ("uniform",)
     text_steps: int = 250
     text_lr: float = 1e-4
@@ -76,7 +78,7 @@ def build_plan(
                 test_limit=1000 if quick else None,
             )
             plan.append(PlanEntry(task, (0.9,) if quick else settings.image_sparsities, settings.image_budgets,
-                                  settings.image_patterns))
+                                  settings.image_patterns, settings.image_channel_flops))
         elif name == "minilm":
             dense_runs: dict = {}  # the variants share each seed's dense model (and teacher)
             for distill in settings.distill:
@@ -102,11 +104,12 @@ class AccuracyGrid:
 
     methods: tuple[str, ...] = ("pdp", "gmp", "oneshot")
     nm_methods: tuple[str, ...] = ("pdp", "oneshot", "srste")  # for N:M patterns
+    channel_methods: tuple[str, ...] = ("pdp", "l1channel")  # for channel pruning
     seeds: tuple[int, ...] = (0, 1, 2)
     setup: PruningSetup = PruningSetup()
 
     def __post_init__(self) -> None:
-        unknown = [m for m in (*self.methods, *self.nm_methods) if m not in METHODS]
+        unknown = [m for m in (*self.methods, *self.nm_methods, *self.channel_methods) if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
         for name in self.methods:
@@ -115,6 +118,9 @@ class AccuracyGrid:
         for name in self.nm_methods:
             if not METHODS[name].nm:
                 raise ValueError(f"{name} has no N:M form: list it under the unstructured methods")
+        for name in self.channel_methods:
+            if not METHODS[name].channel:
+                raise ValueError(f"{name} has no channel form")
         if len(self.seeds) < 1:
             raise ValueError("give at least one seed (three or more for a mean and spread worth quoting)")
 
@@ -153,6 +159,13 @@ def _targets(cells: list[dict[str, Any]]) -> list[str]:
     by = {(c["task"], c["budget"], c["method"], c["sparsity"]): c["accuracy"] for c in cells}
     lines = []
     for (task, budget, method, sparsity), pdp in sorted(by.items()):
+        if method == "pdp" and budget.startswith("channel"):
+            if (task, budget, "l1channel", sparsity) in by:
+                other = by[(task, budget, "l1channel", sparsity)]
+                gap = pdp["mean"] - other["mean"]
+                lines.append(f"- {task}, channels at {sparsity:.0%} of FLOPs removed: PDP - L1-norm = {gap:+.2f} points "
+                             f"(L1 sd {other['std']:.2f}); target PDP >= L1: {'met' if gap >= 0 else 'not met'}")
+            continue
         if method == "pdp" and ":" in budget:  # N:M: compare with the N:M baselines
             gaps = [f"PDP - {other} = {pdp['mean'] - by[(task, budget, other, sparsity)]['mean']:+.2f} points "
                     f"({other} sd {by[(task, budget, other, sparsity)]['std']:.2f})"
@@ -225,7 +238,7 @@ def _plot(result: dict[str, Any], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         cells = [c for c in result["cells"] if c["task"] == task]
-        cells = [c for c in cells if ":" not in c["budget"]]  # N:M results are in the tables only
+        cells = [c for c in cells if ":" not in c["budget"] and not c["budget"].startswith("channel")]  # tables only
         sparsities = sorted({c["sparsity"] for c in cells if c["method"] != "dense"})
         budgets = sorted({c["budget"] for c in cells if c["method"] != "dense"})
         positions = list(range(len(sparsities)))
@@ -274,7 +287,8 @@ def run_accuracy(
         "command": command,
         "machine": machine_info(),
         "grid": {
-            "methods": list(dict.fromkeys([*grid.methods, *(grid.nm_methods if any(e.patterns for e in plan) else ())])),
+            "methods": list(dict.fromkeys([*grid.methods, *(grid.nm_methods if any(e.patterns for e in plan) else ()),
+                                           *(grid.channel_methods if any(e.channel_flops for e in plan) else ())])),
             "seeds": list(grid.seeds),
         },
         "setup": asdict(setup),
@@ -294,13 +308,15 @@ def run_accuracy(
     for entry in plan:
         task = entry.task
         result["tasks"].append(
-            task.describe() | {"sparsities": list(entry.sparsities), "budgets": [*entry.budgets, *entry.patterns]}
+            task.describe() | {"sparsities": list(entry.sparsities),
+                               "budgets": [*entry.budgets, *entry.patterns, *(["channel/flops"] if entry.channel_flops else [])]}
         )
         for seed in grid.seeds:
             # (method, budget rule or N:M pattern, sparsity, pattern or None)
             jobs: list[tuple[str, str, float, str | None]] = [("dense", "dense", 0.0, None)]
             jobs += [(m, b, s, None) for s in entry.sparsities for b in entry.budgets for m in grid.methods]
             jobs += [(m, p, parse_pattern(p).sparsity, p) for p in entry.patterns for m in grid.nm_methods]  # type: ignore[union-attr]
+            jobs += [(m, "channel/flops", f, "channel") for f in entry.channel_flops for m in grid.channel_methods]
             for method, budget, sparsity, pattern in jobs:
                 label = f"{task.name} {method} {sparsity:.0%}" + ("" if method == "dense" else f" {budget}") + f" s{seed}"
                 spec = METHODS.get(method)

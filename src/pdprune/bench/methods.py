@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from pdprune.baselines import GMP, SRSTE, OneShot
+from pdprune.baselines import GMP, SRSTE, L1Channel, OneShot
+from pdprune.pattern import Channels
 from pdprune.config import DEFAULT_TAU, PruneConfig
 from pdprune.method import PDP, MaskMethod
 from pdprune.schedule import RampShape, Schedule
@@ -38,6 +39,7 @@ class MethodSpec:
     make: Callable[[PruningSetup, int], MaskMethod]
     unstructured: bool = True
     nm: bool = False
+    channel: bool = False
 
     def config(
         self,
@@ -48,23 +50,25 @@ class MethodSpec:
         pattern: str | None = None,
     ) -> PruneConfig:
         """The method's config; with an N:M ``pattern``, layers it cannot divide stay dense (the
-        stem's single input channel, depthwise convolutions) and the report lists them."""
+        stem's single input channel, depthwise convolutions) and the report lists them. Pattern
+        "channel" removes ``sparsity`` of the model's FLOPs by whole channels."""
         schedule = Schedule(total_steps=total_steps, warmup=setup.warmup, ramp=setup.ramp, shape=self.shape)
         return PruneConfig(
-            sparsity=None if pattern else sparsity,
+            sparsity=None if pattern and pattern != "channel" else sparsity,
             schedule=schedule,
             tau=setup.tau,
             budget=setup.budget,  # type: ignore[arg-type]
             filter_fn=filter_fn,
             method=self.make(setup, schedule.ramp_steps),
-            pattern=pattern or "unstructured",
+            pattern=Channels(unit="flops") if pattern == "channel" else (pattern or "unstructured"),
             indivisible="dense",
         )
 
 
 METHODS: dict[str, MethodSpec] = {
-    "pdp": MethodSpec("pdp", "linear", lambda setup, ramp: PDP(), nm=True),
+    "pdp": MethodSpec("pdp", "linear", lambda setup, ramp: PDP(), nm=True, channel=True),
     "gmp": MethodSpec("gmp", "cubic", lambda setup, ramp: GMP(refresh_every=max(1, ramp // setup.gmp_refreshes))),
     "oneshot": MethodSpec("oneshot", "linear", lambda setup, ramp: OneShot(), nm=True),
     "srste": MethodSpec("srste", "linear", lambda setup, ramp: SRSTE(), unstructured=False, nm=True),
+    "l1channel": MethodSpec("l1channel", "linear", lambda setup, ramp: L1Channel(), unstructured=False, channel=True),
 }

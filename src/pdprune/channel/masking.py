@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pdprune.channel.groups import ChannelGroup, ChannelMember
-from pdprune.functional import channel_scores, channel_soft_mask, check_finite
+from pdprune.functional import channel_keep, channel_scores, channel_soft_mask, check_finite
 
 __all__ = ["ChannelHook", "ChannelMaskState"]
 
@@ -18,10 +18,12 @@ __all__ = ["ChannelHook", "ChannelMaskState"]
 class ChannelMaskState:
     """The shared mask of one channel group, recomputed from the current weights each step."""
 
-    def __init__(self, group: ChannelGroup, keep: int, tau: float) -> None:
+    def __init__(self, group: ChannelGroup, keep: int, tau: float, one_shot_l1: bool = False) -> None:
         self.group = group
         self.keep = keep
         self.tau = tau
+        self.one_shot_l1 = one_shot_l1  # the L1-norm baseline: a hard mask picked once, then fixed
+        self.fixed: torch.Tensor | None = None
         self.progress = 0.0  # fraction of the ramp done; 0 means no mask at all
         self.epoch = 0  # bumped every optimizer step
         self._cached: tuple[tuple[Any, ...], torch.Tensor] | None = None
@@ -33,8 +35,21 @@ class ChannelMaskState:
                 check_finite(weight, f"a weight of channel group {self.group.name}")
         return channel_scores(weights)
 
+    def hard_keep(self) -> torch.Tensor:
+        """The channels hardening keeps: the fixed L1 choice, or PDP's highest scores now."""
+        if self.one_shot_l1:
+            if self.fixed is not None:
+                return self.fixed
+            keep = channel_keep(channel_scores(self.group.scored_weights(), norm="l1"), self.keep)
+            if self.progress > 0.0:  # chosen once pruning starts; a look during warm-up fixes nothing
+                self.fixed = keep
+            return keep
+        return channel_keep(self.scores(), self.keep)
+
     def mask(self) -> torch.Tensor:
         """The soft mask (float32, one value per channel) for the weights as they are now."""
+        if self.one_shot_l1:
+            return self.hard_keep().float()
         key = (self.epoch, self.progress, *((id(w), w._version) for w, _ in self.group.scored_weights()))
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]

@@ -21,7 +21,7 @@ from pdprune.channel.groups import find_channel_groups, zero_channels
 from pdprune.channel.masking import ChannelHook, ChannelMaskState
 from pdprune.channel.report import ChannelLayerReport, ChannelReport
 from pdprune.config import PruneConfig
-from pdprune.functional import channel_keep
+from pdprune.baselines.channel import L1Channel
 from pdprune.nn.selection import default_filter
 
 __all__ = ["ChannelPruner"]
@@ -54,7 +54,8 @@ class ChannelPruner:
         self.groups = {g.name: g for g in groups}
         self.costs: list[LayerCost] = measure_costs(model, example_inputs, groups)
         self.keep = solve_keep(groups, self.costs, config.sparsity, pattern.unit, pattern.round_to)
-        self.states = {g.name: ChannelMaskState(g, self.keep[g.name], pattern.tau) for g in groups}
+        l1 = isinstance(config.method, L1Channel)
+        self.states = {g.name: ChannelMaskState(g, self.keep[g.name], pattern.tau, one_shot_l1=l1) for g in groups}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         for g in groups:
             for member in g.members:
@@ -120,7 +121,7 @@ class ChannelPruner:
         """Per group, the boolean channels :meth:`finalize` keeps (or kept)."""
         if self.kept is not None:
             return {k: v.clone() for k, v in self.kept.items()}
-        return {name: channel_keep(state.scores(), state.keep) for name, state in self.states.items()}
+        return {name: state.hard_keep().clone() for name, state in self.states.items()}
 
     def pruning_plan(self) -> list[list[Any]]:
         """The removals :meth:`shrink` made, replayable on a fresh model of the same class
@@ -158,7 +159,8 @@ class ChannelPruner:
     # ----------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "kind": "channel", "step": self.step_count, "finalized": self.finalized,
-                "fingerprint": self._fingerprint()}
+                "fingerprint": self._fingerprint(),
+                "fixed": {n: s.fixed.clone() for n, s in self.states.items() if s.fixed is not None}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._require(finalized=False)
@@ -170,8 +172,10 @@ class ChannelPruner:
             raise ValueError("channel-pruner checkpoint was saved for a different model or config; build the same "
                              "model, example inputs and PruneConfig as the run that saved it")
         self.step_count = int(state["step"])
-        for s in self.states.values():
+        fixed = state.get("fixed", {})
+        for name, s in self.states.items():
             s.epoch += 1
+            s.fixed = fixed[name].to(torch.bool) if name in fixed else None
         self._update()
 
     # ----------------------------------------------------------------- internals

@@ -12,17 +12,21 @@ from pdprune.functional.masks import LOGIT_FLOOR
 __all__ = ["channel_keep", "channel_scores", "channel_soft_mask"]
 
 
-def channel_scores(weights: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor:
-    """Squared L2 norm of each channel, summed over the coupled weights (weight, channel dim).
+def channel_scores(weights: Sequence[tuple[torch.Tensor, int]], norm: str = "l2") -> torch.Tensor:
+    """Squared L2 norm (``norm="l2"``, PDP's score) or L1 norm (``"l1"``, the classic baseline's)
+    of each channel, summed over the coupled weights (weight, channel dim).
 
     Every weight must have the same number of channels along its dim; float32, detached.
     """
+    if norm not in ("l2", "l1"):
+        raise ValueError(f"norm must be 'l2' or 'l1', got {norm!r}")
     if not weights:
         raise ValueError("a channel group needs at least one weight to score")
     total = None
     for weight, dim in weights:
         w = weight.detach().float()
-        squares = w.pow(2).sum(dim=[d for d in range(w.dim()) if d != dim]) if w.dim() > 1 else w.pow(2)
+        values = w.pow(2) if norm == "l2" else w.abs()
+        squares = values.sum(dim=[d for d in range(w.dim()) if d != dim]) if w.dim() > 1 else values
         if total is not None and squares.shape != total.shape:
             raise ValueError(f"coupled weights disagree on the channel count: {tuple(squares.shape)} vs {tuple(total.shape)}")
         total = squares if total is None else total + squares
