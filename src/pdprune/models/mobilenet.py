@@ -20,12 +20,13 @@ def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, 
 class InvertedResidual(nn.Module):
     """1x1 expand, 3x3 depthwise, 1x1 linear projection; residual when shapes allow."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, expand: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expand: int, skip_unit_expand: bool = False) -> None:
         super().__init__()
         hidden = in_channels * expand
         self.use_residual = stride == 1 and in_channels == out_channels
+        layers = [] if expand == 1 and skip_unit_expand else [_conv_bn(in_channels, hidden, 1)]
         self.block = nn.Sequential(
-            _conv_bn(in_channels, hidden, 1),
+            *layers,
             _conv_bn(hidden, hidden, 3, stride, groups=hidden),
             _conv_bn(hidden, out_channels, 1, act=False),
         )
