@@ -73,3 +73,26 @@ def test_readme_nm_example_builds_a_2_4_run():
     report = pruner.finalize()
     assert report.pattern == "2:4" and report.achieved_sparsity == 0.5
     assert bool(((model[0].weight != 0).view(16, 2, 4).sum(-1) == 2).all())
+
+
+def test_readme_channel_example_shrinks_saves_and_loads(tmp_path, monkeypatch):
+    import torch
+    from torch import nn
+
+    import pdprune
+
+    class MyModel(nn.Sequential):
+        def __init__(self):
+            super().__init__(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    xs = torch.randn(16, 10)
+    model = MyModel()
+    namespace = {"pdprune": pdprune, "steps": 5, "model": model, "MyModel": MyModel, "train_loader": [(xs, None)]}
+    exec(blocks[3], namespace)
+    assert model[0].out_features == 16 and model[2].in_features == 16
+    small = namespace["small"].eval()
+    model.eval()
+    assert isinstance(small, MyModel) and torch.allclose(small(xs), model(xs), atol=1e-6)
