@@ -159,7 +159,9 @@ def test_merge_combines_budget_axes_and_keeps_dense_once(tmp_path):
     del a["tasks"][0]["budgets"]
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
-    assert cli.main(["bench", "merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--tag", "all", "--out", str(tmp_path)]) == 0
+    assert cli.main(["bench", "merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--tag", "all", "--out", str(tmp_path),
+                     "--note", "global budgets collapse here"]) == 0
+    assert "## Notes\n\n- global budgets collapse here" in (tmp_path / "accuracy_all.md").read_text()
     merged = json.loads((tmp_path / "accuracy_all.json").read_text())
     assert len(merged["rows"]) == 6 and merged["grid"]["methods"] == ["pdp", "gmp"]
     assert merged["tasks"][0]["budgets"] == ["global", "erk"]

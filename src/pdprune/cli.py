@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("files", nargs="+", type=Path, help="accuracy_<tag>.json files")
     merge.add_argument("--tag", required=True, help="name of the merged files: accuracy_<tag>.json/.md/.png")
     merge.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
+    merge.add_argument("--note", action="append", default=[], help="a line for the Notes section (repeatable)")
     return parser
 
 
@@ -133,7 +134,7 @@ def _run_bench_merge(args: argparse.Namespace) -> int:
     from pdprune.io import ensure_writable_folder
 
     ensure_writable_folder(args.out)
-    merged = merge_results(args.files, args.out, args.tag)
+    merged = merge_results(args.files, args.out, args.tag, notes=args.note)
     print(f"merged {len(args.files)} files, {len(merged['rows'])} runs: {args.out / f'accuracy_{args.tag}'}.json, .md and .png")
     return 0
 

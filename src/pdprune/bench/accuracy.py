@@ -216,6 +216,8 @@ def _markdown(result: dict[str, Any]) -> str:
                 row.append(_fmt(next((c for c in cells if (c["task"], c["budget"], c["method"], c["sparsity"]) == key), None)))
             lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Targets", "", *(_targets(cells) or ["- (no PDP/GMP pairs in this run)"])]
+    if result.get("notes"):
+        lines += ["", "## Notes", "", *(f"- {note}" for note in result["notes"])]
     return "\n".join(lines) + "\n"
 
 
@@ -338,7 +340,9 @@ def run_accuracy(
     return result
 
 
-def merge_results(paths: Sequence[str | Path], out_dir: str | Path, tag: str) -> dict[str, Any]:
+def merge_results(
+    paths: Sequence[str | Path], out_dir: str | Path, tag: str, notes: Sequence[str] = ()
+) -> dict[str, Any]:
     """Combine the result files of several invocations (e.g. one per budget rule) into one.
 
     The files must come from the same kind of run: same mode, seeds and pruning setup apart from
@@ -386,6 +390,7 @@ def merge_results(paths: Sequence[str | Path], out_dir: str | Path, tag: str) ->
         "cells": summarise(rows),
         "wall_seconds": sum(r.get("wall_seconds", 0.0) for r in results),
         "merged_from": [Path(p).name for p in paths],
+        "notes": [*first.get("notes", []), *notes],
     }
     stem = Path(out_dir) / f"accuracy_{tag}"
     atomic_write_json(stem.with_suffix(".json"), merged)
