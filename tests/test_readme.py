@@ -96,3 +96,19 @@ def test_readme_channel_example_shrinks_saves_and_loads(tmp_path, monkeypatch):
     small = namespace["small"].eval()
     model.eval()
     assert isinstance(small, MyModel) and torch.allclose(small(xs), model(xs), atol=1e-6)
+
+
+def test_readme_export_example_round_trips(tmp_path, monkeypatch):
+    import torch
+    from torch import nn
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    model = nn.Linear(8, 4)
+    with torch.no_grad():
+        model.weight[:, :6] = 0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    namespace = {"model": model}
+    exec(blocks[4], namespace)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert (tmp_path / "model.sparse.safetensors").exists() and (tmp_path / "model.safetensors").exists()

@@ -55,7 +55,7 @@ class GMP(MaskMethod):
             state.mask = state.hard_mask(weight, state.sparsity)
             state.mask_sparsity = state.sparsity
         assert state.mask is not None
-        weight.mul_(state.mask.to(weight.dtype))
+        weight.masked_fill_(~state.mask, 0)
 
     def final_mask(self, weight: torch.Tensor, state: "MaskState", sparsity: float) -> torch.Tensor:
         if state.mask is not None and state.mask_sparsity == sparsity:

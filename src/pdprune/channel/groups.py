@@ -200,7 +200,7 @@ def zero_channels(group: ChannelGroup, keep: torch.Tensor, modules: dict[str, nn
                 parameter = getattr(module, param_name)
                 shape = [1] * parameter.dim()
                 shape[dim] = -1
-                parameter.mul_(keep.view(shape).to(parameter.dtype))
+                parameter.masked_fill_(~keep.view(shape), 0)  # +0.0, not the -0.0 a multiply leaves
 
 
 def _unfaithful_removals(model: nn.Module, example_inputs: Any, groups: list[ChannelGroup]) -> dict[str, str]:

@@ -109,7 +109,9 @@ class Pruner:
             for tensor in self.tensors:
                 weight = tensor.parameter
                 state = self.states[tensor.name]
-                weight.mul_(self.config.method.final_mask(weight, state, budgets[tensor.name]).to(weight.dtype))
+                # masked_fill, not multiply: pruned weights become +0.0, never -0.0 (which compressed
+                # checkpoints would have to store as a value)
+                weight.masked_fill_(~self.config.method.final_mask(weight, state, budgets[tensor.name]), 0)
         self.remove()
         self.finalized = True
         return self.report()
