@@ -114,3 +114,54 @@ def test_hardening_leaves_positive_zeros():
     for weight in (model[0].weight, model[2].weight):
         zeros = weight[weight == 0]
         assert zeros.numel() and not bool(torch.signbit(zeros).any())
+
+
+@pytest.mark.slow
+def test_onnx_of_a_shrunk_model_matches_pytorch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pdprune.export import save_onnx
+    from pdprune.models import SmallResNet
+
+    torch.manual_seed(0)
+    model, x = SmallResNet(), torch.randn(2, 1, 28, 28)
+    pruner = pdprune.prepare(model, pdprune.PruneConfig(sparsity=0.5, pattern="channel",
+                                                         schedule=pdprune.Schedule(2, warmup=0, ramp=1)), example_inputs=x)
+    pruner.step()
+    pruner.finalize()
+    pruner.shrink()
+    error = save_onnx(model, tmp_path / "shrunk.onnx", x)
+    assert error is not None and error < 1e-4
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "shrunk.onnx"), providers=["CPUExecutionProvider"])
+    batch = torch.randn(5, 1, 28, 28)  # another batch size: the batch dimension is dynamic
+    got = session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]
+    model.eval()
+    assert float((torch.from_numpy(got) - model(batch).detach()).abs().max()) < 1e-4
+
+
+def test_multiply_pruned_weights_with_negative_zeros_still_compress(tmp_path):
+    torch.manual_seed(0)
+    weight = torch.randn(256, 256) * (torch.rand(256, 256) > 0.9)  # w * mask leaves -0.0 for negative w
+    assert bool(torch.signbit(weight[weight == 0]).any())
+    save_sparse({"w": weight}, tmp_path / "w.safetensors")
+    save_dense(nn.ParameterDict({"w": nn.Parameter(weight)}), tmp_path / "d.safetensors")
+    assert sparse_size_report(tmp_path / "d.safetensors", tmp_path / "w.safetensors")["ratio"] < 0.25
+    assert torch.equal(_bits(load_sparse(tmp_path / "w.safetensors")["w"]), _bits(weight))
+
+
+def test_float8_and_dtype_break_even(tmp_path):
+    state = {"f8": (torch.randn(64, 64) * (torch.rand(64, 64) > 0.5)).to(torch.float8_e4m3fn),
+             "dense_bf16": torch.randn(64, 64).to(torch.bfloat16)}
+    save_sparse(state, tmp_path / "f8.safetensors")
+    back = load_sparse(tmp_path / "f8.safetensors")
+    assert torch.equal(_bits(back["f8"]), _bits(state["f8"])) and torch.equal(back["dense_bf16"], state["dense_bf16"])
+
+
+def test_tied_tensors_are_matched_on_their_own_memory_not_a_temporary_copy(tmp_path, monkeypatch):
+    layers = {f"l{i}": torch.randn(16, 16) * (torch.rand(16, 16) > 0.8) for i in range(6)}
+    real_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: real_cpu(self, *a, **k).clone())  # as a GPU would
+    save_sparse(layers, tmp_path / "l.safetensors")
+    back = load_sparse(tmp_path / "l.safetensors")
+    assert all(torch.equal(back[k], v) for k, v in layers.items())

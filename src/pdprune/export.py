@@ -23,7 +23,7 @@ from torch import nn
 
 from pdprune.io import atomic_write
 
-__all__ = ["load_sparse", "save_dense", "save_sparse", "sparse_size_report"]
+__all__ = ["load_sparse", "save_dense", "save_onnx", "save_sparse", "sparse_size_report"]
 
 FORMAT = "pdprune-sparse-1"
 
@@ -38,19 +38,32 @@ def _state(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 
+_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _zero_bits(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(is +-0.0, is -0.0) for a flat floating tensor of any width, from its bits: exact for every
+    float dtype (float8 included), and NaN never counts as zero."""
+    dtype = _INT[flat.element_size()]
+    bits = flat.view(dtype)
+    negative_zero = bits == torch.iinfo(dtype).min  # only the sign bit set
+    return (bits == 0) | negative_zero, negative_zero
+
+
 def save_sparse(
     model_or_state: nn.Module | Mapping[str, torch.Tensor],
     path: str | os.PathLike[str],
-    min_sparsity: float = 0.05,
+    min_sparsity: float | None = None,
 ) -> Path:
     """Write a compressed checkpoint of ``model_or_state`` (a model or a state_dict) to ``path``.
 
-    Floating tensors with at least ``min_sparsity`` zeros are stored as a packed bitmask plus
-    their nonzero values; everything else as it is. The write is atomic.
+    A floating tensor is stored as a packed bitmask plus its nonzero values when that is
+    smaller than storing it whole (or, with ``min_sparsity``, when at least that fraction is
+    zero); everything else as it is. The write is atomic.
     """
     from safetensors.torch import save_file
 
-    if not 0.0 <= min_sparsity <= 1.0:
+    if min_sparsity is not None and not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
     state = _state(model_or_state)
     tensors: dict[str, torch.Tensor] = {}
@@ -59,23 +72,29 @@ def save_sparse(
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} is a {type(tensor).__name__}, not a tensor")
-        tensor = tensor.detach().cpu()
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        # Tied tensors are found on the original memory (a GPU tensor's host copy is temporary,
+        # and a later copy may reuse its address).
+        key = (str(tensor.device), tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+               tuple(tensor.stride()), tensor.dtype)
         if tensor.numel() and key in seen:
             entries[name] = {"alias": seen[key]}
             continue
         seen[key] = name
+        tensor = tensor.detach().cpu()
         shape, dtype = list(tensor.shape), str(tensor.dtype).removeprefix("torch.")
         if tensor.is_floating_point() and tensor.numel():
-            flat = tensor.reshape(-1)
-            keep = flat != 0  # NaN != 0, so NaN is kept as a value
-            sparsity = 1.0 - int(keep.sum()) / tensor.numel()
-            if sparsity >= min_sparsity and sparsity > 0:
+            flat = tensor.contiguous().reshape(-1)
+            zero, negative_zero = _zero_bits(flat)
+            keep = ~zero
+            kept, n, width = int(keep.sum()), flat.numel(), flat.element_size()
+            any_negative = bool(negative_zero.any())
+            sparse_bytes = n / 8 * (2 if any_negative else 1) + kept * width
+            wanted = (1.0 - kept / n >= min_sparsity) if min_sparsity is not None else sparse_bytes < n * width
+            if wanted and kept < n:
                 tensors[f"{name}::mask"] = torch.from_numpy(np.packbits(keep.numpy()))
                 tensors[f"{name}::values"] = flat[keep].contiguous()
-                negative_zeros = ((flat == 0) & torch.signbit(flat)).nonzero().flatten()
-                if negative_zeros.numel():
-                    tensors[f"{name}::negzero"] = negative_zeros
+                if any_negative:  # kept bit for bit, as a second bitmask
+                    tensors[f"{name}::negzero"] = torch.from_numpy(np.packbits(negative_zero.numpy()))
                 entries[name] = {"encoding": "bitmask", "shape": shape, "dtype": dtype}
                 continue
         tensors[name] = tensor.contiguous()
@@ -114,16 +133,18 @@ def load_sparse(path: str | os.PathLike[str], device: str | torch.device = "cpu"
             numel = int(np.prod(shape)) if shape else 1
             keep = torch.from_numpy(np.unpackbits(f.get_tensor(f"{name}::mask").numpy(), count=numel).astype(bool))
             values = f.get_tensor(f"{name}::values")
-            dense = torch.zeros(numel, dtype=values.dtype)
-            dense[keep] = values
+            bits_dtype = _INT[values.element_size()]  # rebuilt bit for bit, which works for every float dtype
+            dense = torch.zeros(numel, dtype=bits_dtype)
+            dense[keep] = values.view(bits_dtype)
             if f"{name}::negzero" in f.keys():
-                dense[f.get_tensor(f"{name}::negzero")] = -0.0
-            state[name] = dense.reshape(shape)
+                negative = np.unpackbits(f.get_tensor(f"{name}::negzero").numpy(), count=numel).astype(bool)
+                dense[torch.from_numpy(negative)] = torch.iinfo(bits_dtype).min
+            state[name] = dense.view(values.dtype).reshape(shape)
         for name, entry in entries.items():
             if "alias" in entry:
                 state[name] = state[entry["alias"]]
-    ordered = {name: state[name].to(device) for name in entries}
-    return ordered
+    moved = {name: state[name].to(device) for name, entry in entries.items() if "alias" not in entry}
+    return {name: moved[entry["alias"]] if "alias" in entry else moved[name] for name, entry in entries.items()}
 
 
 def save_dense(model: nn.Module, path: str | os.PathLike[str]) -> Path:
@@ -138,3 +159,52 @@ def sparse_size_report(path_dense: str | os.PathLike[str], path_sparse: str | os
     """File sizes of a dense and a sparse checkpoint of the same model, and their ratio."""
     dense, sparse = Path(path_dense).stat().st_size, Path(path_sparse).stat().st_size
     return {"dense_bytes": dense, "sparse_bytes": sparse, "ratio": sparse / dense}
+
+
+def save_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    dynamic_batch: bool = True,
+    check: bool = True,
+    tolerance: float = 1e-4,
+) -> float | None:
+    """Export ``model`` (e.g. a channel-shrunk one) to ONNX at ``path``, atomically.
+
+    With ``check``, onnxruntime runs the file on ``example_inputs`` and the largest difference to
+    PyTorch's outputs, relative to their largest magnitude, is returned; above ``tolerance`` it
+    is an error and nothing is written. Needs ``pip install 'pdprune[onnx]'``.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'pdprune[onnx]'") from None
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    was_training = model.training
+    model.eval()
+    try:
+        dims = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
+
+        def write(tmp: Path) -> None:
+            torch.onnx.export(model, inputs, str(tmp), dynamo=True, dynamic_shapes=dims, verbose=False)
+            if check:
+                session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+                feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), inputs)}
+                got = session.run(None, feeds)
+                with torch.no_grad():
+                    expected = model(*inputs)
+                expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+                worst = 0.0
+                for e, g in zip(expected, got):
+                    e = e.detach().cpu().float().numpy()
+                    worst = max(worst, float(np.abs(e - g).max() / max(float(np.abs(e).max()), 1e-12)))
+                errors.append(worst)
+                if worst > tolerance:
+                    raise ValueError(f"the ONNX model's outputs differ from PyTorch's by {worst:.2e} (relative), "
+                                     f"above tolerance {tolerance:g}; the file was not written")
+
+        errors: list[float] = []
+        atomic_write(path, write)
+    finally:
+        model.train(was_training)
+    return errors[0] if errors else None

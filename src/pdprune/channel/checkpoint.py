@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pdprune.channel.groups import trace
 from pdprune.io import atomic_write, atomic_write_json, ensure_writable_folder
 
 __all__ = ["load_shrunk", "save_shrunk"]
@@ -25,19 +26,28 @@ PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def _spec(value: Any) -> Any:
+def input_spec(value: Any) -> Any:
+    """A JSON description of example inputs (shapes and dtypes of tensors; plain values as they
+    are), from which :func:`load_shrunk` rebuilds inputs of the same form to trace with."""
     if isinstance(value, torch.Tensor):
         return {"tensor": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
     if isinstance(value, dict):
-        return {"dict": {str(k): _spec(v) for k, v in value.items()}}
+        return {"dict": {str(k): input_spec(v) for k, v in value.items()}}
     if isinstance(value, (tuple, list)):
-        return {"list": [_spec(v) for v in value]}
-    raise TypeError(f"example inputs must be tensors, tuples/lists or dicts of them, not {type(value).__name__}")
+        return {"list": [input_spec(v) for v in value]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"value": value}
+    raise TypeError(
+        f"example inputs must be tensors, plain values (None, bool, int, float, str) or tuples/lists/dicts of them, "
+        f"not {type(value).__name__}"
+    )
 
 
 def _build(spec: Any) -> Any:
     if "tensor" in spec:
         return torch.zeros(spec["tensor"], dtype=getattr(torch, spec["dtype"]))
+    if "value" in spec:
+        return spec["value"]
     if "dict" in spec:
         return {k: _build(v) for k, v in spec["dict"].items()}
     return tuple(_build(v) for v in spec["list"])
@@ -47,10 +57,11 @@ def _class_name(model: nn.Module) -> str:
     return f"{type(model).__module__}.{type(model).__qualname__}"
 
 
-def save_shrunk(pruner: Any, directory: str | os.PathLike[str], example_inputs: Any) -> list[Path]:
+def save_shrunk(pruner: Any, directory: str | os.PathLike[str], example_inputs: Any = None) -> list[Path]:
     """Write ``model.safetensors`` and ``plan.json`` for the model a channel pruner has shrunk.
 
-    ``example_inputs`` must have the shapes the pruner traced with (values do not matter).
+    The plan records the example inputs the pruner traced with (their shapes and dtypes);
+    ``example_inputs``, if given, replaces them and must have the same form.
     """
     from safetensors.torch import save_model
 
@@ -61,7 +72,7 @@ def save_shrunk(pruner: Any, directory: str | os.PathLike[str], example_inputs: 
         "kind": "pdprune shrunk model",
         "class": _class_name(model),
         "removals": pruner.pruning_plan(),
-        "example_inputs": _spec(example_inputs),
+        "example_inputs": pruner.example_spec if example_inputs is None else input_spec(example_inputs),
         "shapes": {name: list(t.shape) for name, t in model.state_dict().items()},
     }
     weights = atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_model(model, str(tmp)))
@@ -71,7 +82,6 @@ def save_shrunk(pruner: Any, directory: str | os.PathLike[str], example_inputs: 
 def load_shrunk(directory: str | os.PathLike[str], build: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> nn.Module:
     """Rebuild a shrunk model: ``build(*args, **kwargs)`` (the class or any factory) makes the
     dense model, the plan's removals shrink it, and the weights load into it (strictly)."""
-    import torch_pruning as tp
     from safetensors.torch import load_model
 
     folder = Path(directory)
@@ -88,13 +98,16 @@ def load_shrunk(directory: str | os.PathLike[str], build: Callable[..., nn.Modul
         raise ValueError(f"this checkpoint holds a {plan['class']}, but build(...) made a {_class_name(model)}")
     was_training = model.training
     model.eval()
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=_build(plan["example_inputs"]), verbose=False)
-    model.train(was_training)
     try:
+        graph = trace(model, _build(plan["example_inputs"]))
         graph.load_pruning_history([tuple(step) for step in plan["removals"]])
-    except (AttributeError, IndexError, ValueError) as error:
-        raise ValueError(f"the plan's removals do not fit the model build(...) made ({error}); build it with the "
-                         f"same constructor arguments as the model that was pruned") from None
+    except Exception as error:  # noqa: BLE001 - the model does not take the plan: say what to do
+        raise ValueError(
+            f"the model build(...) made does not take this checkpoint's plan ({type(error).__name__}: {str(error)[:160]}); "
+            f"build it with the same constructor arguments and dtype as the model that was pruned"
+        ) from None
+    finally:
+        model.train(was_training)
     shapes = {name: list(t.shape) for name, t in model.state_dict().items()}
     if shapes != plan["shapes"]:
         differ = sorted(n for n in set(shapes) | set(plan["shapes"]) if shapes.get(n) != plan["shapes"].get(n))

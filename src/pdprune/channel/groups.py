@@ -84,8 +84,13 @@ def _output_layers(model: nn.Module, example_inputs: Any) -> set[nn.Module]:
     """Modules whose output is itself one of the model's outputs (their channels are the
     model's output size and must not be pruned)."""
     produced: dict[int, nn.Module] = {}
-    handles = [m.register_forward_hook(lambda mod, args, out: produced.__setitem__(id(out), mod))
-               for m in model.modules() if isinstance(m, SCORED_TYPES)]
+    alive: list[Any] = []  # ids are only unique while the tensors live: keep them all
+
+    def record(mod: nn.Module, args: Any, out: Any) -> None:
+        alive.append(out)
+        produced[id(out)] = mod
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, SCORED_TYPES)]
     try:
         with torch.no_grad():
             outputs = _call(model, example_inputs)
@@ -97,6 +102,27 @@ def _output_layers(model: nn.Module, example_inputs: Any) -> set[nn.Module]:
         if id(tensor) in produced:
             found.add(produced[id(tensor)])
     return found
+
+
+def trace(model: nn.Module, example_inputs: Any) -> Any:
+    """Torch-Pruning's dependency graph of ``model``, traced by calling it as pdprune does (a
+    tensor is one argument, a tuple/list positional arguments, a dict keyword arguments), with
+    autograd on even inside no_grad or inference_mode (the tracer follows grad_fn)."""
+    import torch_pruning as tp
+
+    with torch.inference_mode(False), torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_inputs, forward_fn=lambda m, inputs: _call(m, inputs), verbose=False
+        )
+
+
+def _channel_count(member: ChannelMember) -> int | None:
+    module = member.module
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return int(weight.shape[member.weight_dim])
+    running = getattr(module, "running_mean", None)
+    return int(running.shape[0]) if isinstance(running, torch.Tensor) else None
 
 
 def _call(model: nn.Module, example_inputs: Any) -> Any:
@@ -139,7 +165,7 @@ def find_channel_groups(
     model.eval()
     try:
         outputs = _output_layers(model, example_inputs)
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+        graph = trace(model, example_inputs)
     finally:
         model.train(was_training)
     names = {module: name for name, module in model.named_modules()}
@@ -169,6 +195,11 @@ def find_channel_groups(
             member = _member(name, target)
             if isinstance(member, str):
                 reasons.append(member)
+                continue
+            size = _channel_count(member)
+            if size is not None and size != len(root_item.idxs):
+                reasons.append(f"{name} has {size} channels where the group has {len(root_item.idxs)} (a layer after a "
+                               f"concatenation mixes several groups)")
                 continue
             if target in outputs:
                 reasons.append(f"{name} produces a model output")
@@ -201,43 +232,45 @@ def zero_channels(group: ChannelGroup, keep: torch.Tensor, modules: dict[str, nn
                 shape = [1] * parameter.dim()
                 shape[dim] = -1
                 parameter.masked_fill_(~keep.view(shape), 0)  # +0.0, not the -0.0 a multiply leaves
+            running = getattr(module, "running_mean", None)
+            if isinstance(running, torch.Tensor) and running.shape == keep.shape:
+                # A norm without affine parameters outputs -mean/std for a zero input channel in
+                # eval; with the mean at zero the channel is exactly zero, as removal assumes.
+                running.masked_fill_(~keep, 0)
 
 
 def _unfaithful_removals(model: nn.Module, example_inputs: Any, groups: list[ChannelGroup]) -> dict[str, str]:
     """Groups whose removal would change what the model computes, found by trying it.
 
-    On copies of the model, the last channel of every group is zeroed (as hardening does) and
-    then physically removed; the two copies must agree. Where they do not (a reshape that
-    splits channels into attention heads, an activation with f(0) != 0 before a consumer), each
-    group is tried alone to name the culprits. Groups of one channel are not tried (they keep it).
+    On a copy of the model, a few channels spread over every group (first, middle, last) are
+    zeroed as hardening does, the outputs recorded, then those channels are removed from the
+    same copy; the outputs must not change. Where they do (a reshape that splits channels into
+    attention heads, slicing by channel index, an activation with f(0) != 0 before a consumer),
+    bisection names the culprits and the rest is tried again together.
     """
     import copy
 
-    triable = [g for g in groups if g.channels > 1]
-    if not triable:
-        return {}
+    def trial_channels(g: ChannelGroup) -> list[int]:
+        return sorted({0, g.channels // 2, g.channels - 1} - ({0} if g.channels == 2 else set()))
 
     def attempt(chosen: list[ChannelGroup]) -> str | None:
-        import torch_pruning as tp
-
-        reference = copy.deepcopy(model).eval()
-        modules = dict(reference.named_modules())
-        for g in chosen:
-            keep = torch.ones(g.channels, dtype=torch.bool)
-            keep[-1] = False
-            zero_channels(g, keep, modules)
-        removed = copy.deepcopy(reference)
+        trial = copy.deepcopy(model).eval()
         try:
+            modules = dict(trial.named_modules())
+            for g in chosen:
+                keep = torch.ones(g.channels, dtype=torch.bool, device=g.scored_weights()[0][0].device)
+                keep[trial_channels(g)] = False
+                zero_channels(g, keep, modules)
             with torch.no_grad():
-                expected = _flatten(_call(reference, example_inputs))
-            graph = tp.DependencyGraph().build_dependency(removed, example_inputs=example_inputs, verbose=False)
-            by_name = dict(removed.named_modules())
+                expected = [t.clone() for t in _flatten(_call(trial, example_inputs))]
+            graph = trace(trial, example_inputs)
+            by_name = dict(trial.named_modules())
             for g in chosen:
                 root = by_name[g.name]
                 fn = graph.get_pruner_of_module(root).prune_out_channels
-                graph.get_pruning_group(root, fn, [g.channels - 1]).prune()
+                graph.get_pruning_group(root, fn, trial_channels(g)).prune()
             with torch.no_grad():
-                actual = _flatten(_call(removed, example_inputs))
+                actual = _flatten(_call(trial, example_inputs))
         except Exception as error:  # noqa: BLE001 - any failure means the removal is not faithful
             return f"removing its channels breaks the forward pass ({type(error).__name__}: {str(error)[:120]})"
         for e, a in zip(expected, actual):
@@ -246,14 +279,29 @@ def _unfaithful_removals(model: nn.Module, example_inputs: Any, groups: list[Cha
             scale = float(e.float().abs().max()) or 1.0
             if float((e.float() - a.float()).abs().max()) > 1e-4 * scale:
                 return ("removing its zeroed channels changes the outputs (channels split into attention heads by a "
-                        "reshape, or an activation with f(0) != 0 before the next layer)")
+                        "reshape, slicing by channel index, or an activation with f(0) != 0 before the next layer)")
         return None
 
-    if attempt(triable) is None:
-        return {}
-    found = {}
-    for g in triable:
-        why = attempt([g])
-        if why is not None:
-            found[g.name] = why
+    def culprits(chosen: list[ChannelGroup], why: str) -> dict[str, str]:
+        if len(chosen) == 1:
+            return {chosen[0].name: why}
+        found: dict[str, str] = {}
+        half = len(chosen) // 2
+        for part in (chosen[:half], chosen[half:]):
+            reason = attempt(part)
+            if reason is not None:
+                found |= culprits(part, reason)
+        return found
+
+    remaining = [g for g in groups if g.channels > 1]
+    found: dict[str, str] = {}
+    while remaining:
+        why = attempt(remaining)
+        if why is None:
+            break
+        new = culprits(remaining, why)
+        if not new:  # only the combination fails: leave them all alone rather than guess
+            new = {g.name: f"removing it together with the other groups fails: {why}" for g in remaining}
+        found |= new
+        remaining = [g for g in remaining if g.name not in new]
     return found

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pdprune.channel.groups import ChannelGroup, ChannelMember
-from pdprune.functional import channel_keep, channel_scores, channel_soft_mask, check_finite
+from pdprune.functional import channel_cut, channel_keep, channel_scores, channel_soft_mask, check_finite
 
 __all__ = ["ChannelHook", "ChannelMaskState"]
 
@@ -47,19 +47,22 @@ class ChannelMaskState:
         return channel_keep(self.scores(), self.keep)
 
     def mask(self) -> torch.Tensor:
-        """The soft mask (float32, one value per channel) for the weights as they are now."""
+        """The soft mask (float32, one value per channel) for the weights as they are now,
+        differentiable in them (the cut t^2 is a detached statistic, reused within a step)."""
         if self.one_shot_l1:
             return self.hard_keep().float()
-        key = (self.epoch, self.progress, *((id(w), w._version) for w, _ in self.group.scored_weights()))
-        if self._cached is not None and self._cached[0] == key:
-            return self._cached[1]
         # The ramp moves the cut one channel at a time, as the unstructured ramp moves the
         # sparsity: at progress p, p of the channels to remove are below it.
         channels = self.group.channels
         keep_now = channels - round(self.progress * (channels - self.keep))
-        m = channel_soft_mask(self.scores(), keep_now, self.tau)
-        self._cached = (key, m)
-        return m
+        if keep_now == channels:
+            return torch.ones(channels, device=self.group.scored_weights()[0][0].device)
+        live = channel_scores(self.group.scored_weights(), detach=False)
+        key = (self.epoch, keep_now, *((id(w), w._version) for w, _ in self.group.scored_weights()))
+        if self._cached is None or self._cached[0] != key:
+            self.scores()  # NaN check
+            self._cached = (key, channel_cut(live, keep_now))
+        return channel_soft_mask(live, keep_now, self.tau, cut=self._cached[1])
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pdprune.channel.costs import LayerCost, measure_costs, solve_keep
+from pdprune.channel.checkpoint import input_spec
 from pdprune.channel.groups import find_channel_groups, zero_channels
 from pdprune.channel.masking import ChannelHook, ChannelMaskState
 from pdprune.channel.report import ChannelLayerReport, ChannelReport
@@ -38,6 +39,7 @@ class ChannelPruner:
         self.model = model
         self.config = config
         keep_module = config.filter_fn or default_filter
+        self.example_spec = input_spec(example_inputs)  # fails now, not after training, if it cannot be saved
         self.graph, groups, self.skipped = find_channel_groups(model, example_inputs, keep_module, config.exclude)
         if config.include:
             chosen = [g for g in groups if any(re.search(p, m.name) for p in config.include for m in g.members)]
@@ -103,6 +105,13 @@ class ChannelPruner:
         if self.shrunk:
             raise RuntimeError("this model is already shrunk")
         assert self.kept is not None
+        regrown = [name for name, group in self.groups.items() if _nonzero_in_pruned(group, self.kept[name])]
+        if regrown:
+            raise RuntimeError(
+                f"channels zeroed by finalize() are no longer zero in {', '.join(regrown[:5])} (training went on after "
+                f"finalize()?), so removing them would change the model. Call shrink() right after finalize() and "
+                f"fine-tune the shrunk model instead."
+            )
         for name, group in self.groups.items():
             pruned = (~self.kept[name]).nonzero().flatten().tolist()
             if pruned:
@@ -175,7 +184,10 @@ class ChannelPruner:
         fixed = state.get("fixed", {})
         for name, s in self.states.items():
             s.epoch += 1
-            s.fixed = fixed[name].to(torch.bool) if name in fixed else None
+            device = self.groups[name].scored_weights()[0][0].device
+            s.fixed = fixed[name].to(device=device, dtype=torch.bool) if name in fixed else None
+            if s.fixed is not None and (s.fixed.numel() != self.groups[name].channels or int(s.fixed.sum()) != s.keep):
+                raise ValueError(f"the checkpoint's channel choice for {name} does not fit this model's group")
         self._update()
 
     # ----------------------------------------------------------------- internals
@@ -193,6 +205,15 @@ class ChannelPruner:
             raise RuntimeError("call finalize() first")
         if not finalized and self.finalized:
             raise RuntimeError("this pruner has been finalized; the model is an ordinary model now")
+
+
+def _nonzero_in_pruned(group: Any, keep: torch.Tensor) -> bool:
+    for member in group.members:
+        for param_name, dim in member.channel_params():
+            parameter = getattr(member.module, param_name).detach()
+            if bool(parameter.index_select(dim, (~keep).nonzero().flatten().to(parameter.device)).ne(0).any()):
+                return True
+    return False
 
 
 def _count(model: nn.Module) -> int:

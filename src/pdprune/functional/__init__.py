@@ -2,7 +2,7 @@
 No modules, no state."""
 
 from pdprune.functional.budgets import erk_budgets, global_magnitude_budgets
-from pdprune.functional.channels import channel_keep, channel_scores, channel_soft_mask
+from pdprune.functional.channels import channel_cut, channel_keep, channel_scores, channel_soft_mask
 from pdprune.functional.masks import (
     check_finite,
     check_sparsity,
@@ -16,6 +16,7 @@ from pdprune.functional.masks import (
 from pdprune.functional.nm import check_nm, nm_hard_mask, nm_threshold
 
 __all__ = [
+    "channel_cut",
     "channel_keep",
     "channel_scores",
     "channel_soft_mask",
