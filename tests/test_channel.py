@@ -187,11 +187,10 @@ def test_soft_mask_maths():
     assert torch.equal(channel_keep(scores, 2), torch.tensor([True, True, False, False]))
     m = channel_soft_mask(scores, 2, tau=0.01)
     assert float(m[0]) > 0.999 and float(m[3]) == 0.0
-    t2 = 1.5 ** 2  # midpoint of norms 2 and 1
-    at_cut = channel_soft_mask(torch.tensor([9.0, t2, 1.0]), 1, tau=0.01)  # cut between 3 and 1.5: t = 2.25
+    # norms 3, 2, 1: keeping 2 puts the cut at t = 1.5; a channel exactly there gets m = 1/2
+    with_cut = torch.tensor([9.0, 4.0, 1.0, 1.5 ** 2])
+    assert float(channel_soft_mask(with_cut, 2, tau=0.01, cut=torch.tensor(1.5 ** 2))[3]) == pytest.approx(0.5)
     assert torch.equal(channel_soft_mask(scores, 4, tau=0.01), torch.ones(4))
-    assert float(channel_soft_mask(torch.tensor([4.0, t2, 1.0]), 1, 0.01)[1]) < 0.5 < float(m[1])
-    assert at_cut.shape == (3,)
     assert torch.equal(channel_scores([(torch.ones(3, 2), 0), (torch.ones(3), 0)]), torch.tensor([3.0, 3.0, 3.0]))
     assert torch.equal(channel_keep(torch.ones(4), 2), torch.tensor([True, True, False, False]))  # ties: earliest
 
@@ -252,7 +251,7 @@ def test_l1_channel_baseline_fixes_its_choice_when_warm_up_ends():
     chosen = {n: s.fixed.clone() for n, s in pruner.states.items()}
     group = pruner.groups[next(iter(chosen))]
     l1 = channel_scores(group.scored_weights(), norm="l1")
-    assert chosen[group.name].sum() == pruner.keep[group.name]
+    assert torch.equal(chosen[group.name], channel_keep(l1, pruner.keep[group.name]))  # the L1 top-k at that moment
     saved = pruner.state_dict()
     _train(model, pruner, x, 27)
     pruner.finalize()
@@ -261,4 +260,101 @@ def test_l1_channel_baseline_fixes_its_choice_when_warm_up_ends():
     resumed = pdprune.prepare(SmallResNet(), config, example_inputs=x)
     resumed.load_state_dict(saved)
     assert all(torch.equal(resumed.states[n].fixed, keep) for n, keep in chosen.items())
-    assert l1.shape == (group.channels,)
+
+
+
+def test_channel_mask_is_differentiable_in_the_weights():
+    """PDP's boost: channels near the cut get gradient through their own score, not only m."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    pruner = pdprune.prepare(model, _config(total=10), example_inputs=torch.randn(2, 6))
+    for _ in range(6):
+        pruner.step()
+    state = pruner.states["0"]
+    m = state.mask()
+    assert m.requires_grad
+    x = torch.randn(4, 6)
+    model(x).sum().backward()
+    with_mask_grad = model[0].weight.grad.clone()
+    model.zero_grad()
+    pruner.remove()
+    constant = m.detach()
+    out = nn.functional.linear(x, model[0].weight * constant[:, None], model[0].bias * constant)
+    model[2](torch.relu(out)).sum().backward()
+    assert not torch.allclose(with_mask_grad, model[0].weight.grad)
+
+
+def test_concatenations_index_routing_and_extra_arguments_are_handled():
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+            self.bn, self.c, self.head = nn.BatchNorm2d(16), nn.Conv2d(16, 8, 3, padding=1), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(self.c(torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))).mean((2, 3)))
+
+    pruner = pdprune.prepare(Cat(), _config(), example_inputs=torch.randn(2, 3, 8, 8))
+    assert set(pruner.groups) == {"c"} and "concatenation" in pruner.skipped["a"]
+
+    class Split(nn.Module):  # routes channels by index, which the tracer cannot see
+        def __init__(self):
+            super().__init__()
+            self.a, self.c1, self.c2, self.head = nn.Linear(4, 8), nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(12, 3)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.head(torch.cat([self.c1(torch.sigmoid(h[:, :4])), self.c2(torch.relu(h[:, 4:]))], 1))
+
+    pruner = pdprune.prepare(Split(), _config(), example_inputs=torch.randn(5, 4))
+    assert "a" not in pruner.groups and "breaks the forward pass" in pruner.skipped["a"]
+
+    class Extra(nn.Module):  # a second, optional argument: the batch must not be unpacked into it
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x, extra=None):
+            h = torch.relu(self.a(x))
+            return self.head(h + self.b(extra) if extra is not None else h)
+
+    pruner = pdprune.prepare(Extra(), _config(), example_inputs=torch.randn(2, 4))
+    assert [m.name for m in pruner.groups["a"].members] == ["a"]
+
+
+def test_norms_without_affine_parameters_and_regrowth_before_shrink():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, affine=False), nn.ReLU(), nn.Conv2d(8, 4, 3),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    x = torch.randn(4, 3, 8, 8)
+    pruner = pdprune.prepare(model, _config(total=20), example_inputs=x)
+    _train(model, pruner, x, 20)
+    pruner.finalize()
+    model.eval()
+    with torch.no_grad():
+        masked = model(x)
+        pruner.shrink()
+        assert float((model(x) - masked).abs().max()) <= 1e-5 * float(masked.abs().max())
+
+    other = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 3))
+    pruner = pdprune.prepare(other, _config(total=10), example_inputs=torch.randn(2, 6))
+    for _ in range(10):
+        pruner.step()
+    pruner.finalize()
+    _train(other, type("NoPruner", (), {"step": lambda self: None})(), torch.randn(6, 6), 3)  # fine-tuning on
+    with pytest.raises(RuntimeError, match="no longer zero"):
+        pruner.shrink()
+
+
+def test_load_shrunk_under_no_grad_and_a_clear_refusal_under_inference_mode(tmp_path):
+    x = torch.randn(2, 1, 28, 28)
+    pruner = pdprune.prepare(SmallResNet(), _config(total=4), example_inputs=x)
+    with pytest.warns(UserWarning):
+        pruner.finalize()
+    pruner.shrink()
+    pdprune.save_shrunk(pruner, tmp_path)  # the traced inputs are recorded at prepare
+    with torch.no_grad():
+        model = pdprune.load_shrunk(tmp_path, SmallResNet)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in pruner.model.parameters())
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
+        pdprune.load_shrunk(tmp_path, SmallResNet)

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=_positive_int, default=None,
                       help="epochs for each of the two runs (default: 30 for digits, 8 for fashion-mnist)")
     demo.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order")
-    demo.add_argument("--tau", type=_tau, default=DEFAULT_TAU, help=f"mask temperature (default {DEFAULT_TAU})")
+    demo.add_argument("--tau", type=_tau, default=None,
+                      help=f"mask temperature (default {DEFAULT_TAU}; with --pattern channel, relative to t^2, default 0.01)")
     demo.add_argument("--train-limit", type=_positive_int, default=None,
                       help="use only the first N training examples (quick runs)")
     demo.add_argument("--out", type=Path, default=None,

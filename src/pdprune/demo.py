@@ -69,7 +69,7 @@ def run_comparison(
     sparsity: float = 0.9,
     epochs: int | None = None,
     seed: int = 0,
-    tau: float = DEFAULT_TAU,
+    tau: float | None = None,
     train_limit: int | None = None,
     warmup: float = 0.1,
     ramp: float = 0.5,
@@ -88,11 +88,15 @@ def run_comparison(
     nm = parsed if isinstance(parsed, NM) else None
     if nm is not None:
         sparsity = nm.sparsity
+    if isinstance(parsed, Channels):  # channel masks take tau relative to t^2
+        parsed = Channels(tau=tau if tau is not None else Channels().tau)
+        tau = parsed.tau
+    tau = DEFAULT_TAU if tau is None else tau
     config_for = lambda total: PruneConfig(  # noqa: E731
         sparsity=sparsity,
         tau=tau,
         schedule=Schedule(total_steps=total, warmup=warmup, ramp=ramp),
-        pattern=pattern,
+        pattern=parsed if parsed is not None else "unstructured",
         indivisible="dense",
     )
     config_for(100)  # a bad pattern or sparsity fails here, before any training

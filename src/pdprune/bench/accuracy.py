@@ -190,6 +190,7 @@ def _targets(cells: list[dict[str, Any]]) -> list[str]:
 def _markdown(result: dict[str, Any]) -> str:
     cells = result["cells"]
     methods = result["grid"]["methods"]
+    seeds = len(result["grid"]["seeds"])
     lines = [
         f"# Accuracy at equal budget ({result['mode']})",
         "",
@@ -210,10 +211,10 @@ def _markdown(result: dict[str, Any]) -> str:
         keys = sorted({(c["budget"], c["sparsity"]) for c in cells if c["task"] == name and c["method"] != "dense"},
                       key=lambda k: (k[1], k[0]))
         for budget, sparsity in keys:
-            row = [f"{sparsity:.0%}", budget, _fmt(dense)]
+            row = [f"{sparsity:.0%}", budget, _fmt(dense, seeds)]
             for method in methods:
                 key = (name, budget, method, sparsity)
-                row.append(_fmt(next((c for c in cells if (c["task"], c["budget"], c["method"], c["sparsity"]) == key), None)))
+                row.append(_fmt(next((c for c in cells if (c["task"], c["budget"], c["method"], c["sparsity"]) == key), None), seeds))
             lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Targets", "", *(_targets(cells) or ["- (no PDP/GMP pairs in this run)"])]
     if result.get("notes"):
@@ -221,11 +222,12 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fmt(cell: dict[str, Any] | None) -> str:
+def _fmt(cell: dict[str, Any] | None, seeds: int | None = None) -> str:
     if cell is None:
         return "-"
     acc = cell["accuracy"]
-    return f"{acc['mean']:.2f} ± {acc['std']:.2f}"
+    text = f"{acc['mean']:.2f} ± {acc['std']:.2f}"
+    return text if seeds is None or acc["n"] == seeds else f"{text} (n={acc['n']})"
 
 
 def _plot(result: dict[str, Any], path: Path) -> Path | None:
@@ -345,9 +347,10 @@ def merge_results(
 ) -> dict[str, Any]:
     """Combine the result files of several invocations (e.g. one per budget rule) into one.
 
-    The files must come from the same kind of run: same mode, seeds and pruning setup apart from
-    budgets, and identical settings for any task they share; dense rows measured twice for the
-    same (task, seed) are kept once. Rows and commands are kept as measured, nothing is re-run.
+    The files must come from the same kind of run: same mode and pruning setup apart from
+    budgets, and identical settings for any task they share (seeds may be split across files;
+    each cell reports its own n). Dense rows measured twice for the same (task, seed) are kept
+    once. Rows and commands are kept as measured, nothing is re-run.
     """
     results = [_load_result(Path(p)) for p in paths]
     if len(results) < 2:
@@ -357,8 +360,6 @@ def merge_results(
         for key in ("benchmark", "mode", "setup"):
             if _comparable(other[key]) != _comparable(first[key]):
                 raise ValueError(f"{path} differs from {paths[0]} in {key!r}; only runs of one kind can be merged")
-        if other["grid"]["seeds"] != first["grid"]["seeds"]:
-            raise ValueError(f"{path} uses seeds {other['grid']['seeds']}, {paths[0]} uses {first['grid']['seeds']}")
     tasks: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     seen: set[tuple[Any, ...]] = set()
@@ -384,7 +385,7 @@ def merge_results(
     methods = list(dict.fromkeys(m for r in results for m in r["grid"]["methods"]))
     merged = first | {
         "command": " ; ".join(r["command"] for r in results),
-        "grid": {"methods": methods, "seeds": first["grid"]["seeds"]},
+        "grid": {"methods": methods, "seeds": sorted({seed for r in results for seed in r["grid"]["seeds"]})},
         "tasks": list(tasks.values()),
         "rows": rows,
         "cells": summarise(rows),

@@ -84,6 +84,9 @@ def load_shrunk(directory: str | os.PathLike[str], build: Callable[..., nn.Modul
     dense model, the plan's removals shrink it, and the weights load into it (strictly)."""
     from safetensors.torch import load_model
 
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("load_shrunk() traces the model with autograd to replay the removals; call it outside "
+                           "torch.inference_mode() (torch.no_grad() is fine) and switch modes afterwards")
     folder = Path(directory)
     plan_path = folder / PLAN_FILE
     if not plan_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
