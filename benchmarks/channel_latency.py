@@ -3,7 +3,9 @@
 Latency depends on layer shapes, not on trained values, so the models are pruned at
 initialisation (PDP's channel scores at init pick the channels) and shrunk at once; the shrunk
 model's outputs are checked against the zeroed (masked) model's before timing. Dense and shrunk
-run side by side in one process, interleaved, and the medians' ratio is reported.
+run side by side in one process, interleaved, and the medians' ratio is reported, in both memory
+layouts (PyTorch's default contiguous NCHW and channels_last, the layout oneDNN's CPU convolutions
+prefer) and with widths left free or rounded to a multiple of 8.
 
     python benchmarks/channel_latency.py --flops 0.5 --batches 1 32
 """
@@ -27,15 +29,16 @@ from pdprune.machine import machine_info
 from pdprune.models import MobileNetV2, ResNet18
 
 MODELS = {"resnet18": ResNet18, "mobilenetv2": MobileNetV2}
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
-def shrink(name: str, flops: float) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
+def shrink(name: str, flops: float, round_to: int) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     """Dense model and its channel-shrunk twin at ``flops`` of the FLOPs removed."""
     torch.manual_seed(0)
     dense = MODELS[name]().eval()
     pruned = copy.deepcopy(dense)
     x = torch.randn(2, 3, 224, 224)
-    config = pdprune.PruneConfig(sparsity=flops, pattern=pdprune.Channels(unit="flops"),
+    config = pdprune.PruneConfig(sparsity=flops, pattern=pdprune.Channels(unit="flops", round_to=round_to),
                                  schedule=pdprune.Schedule(1, warmup=0, ramp=0))
     pruner = pdprune.prepare(pruned, config, example_inputs=x[:1])
     with warnings.catch_warnings():
@@ -48,6 +51,7 @@ def shrink(name: str, flops: float) -> tuple[torch.nn.Module, torch.nn.Module, d
         shrunk = pruned(x)
     report = pruner.report()
     info = {
+        "round_to": round_to,
         "params": list(report.params),
         "macs_per_image": list(report.macs),  # traced with one image
         "flops_removed": report.achieved_sparsity,
@@ -63,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flops", type=float, default=0.5, help="fraction of FLOPs removed (default 0.5)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--round-to", type=int, nargs="+", default=[1, 8],
+                        help="channel widths rounded to a multiple of this (1: free)")
+    parser.add_argument("--memory-formats", nargs="+", choices=sorted(LAYOUTS), default=sorted(LAYOUTS))
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
     parser.add_argument("--tag", default=f"cpu-{os.cpu_count()}core")
@@ -71,15 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     rows = []
     for name in args.models:
-        dense, shrunk, info = shrink(name, args.flops)
-        print(f"{name}: params {info['params'][0]:,} -> {info['params'][1]:,}, MACs/image "
-              f"{info['macs_per_image'][0]:,} -> {info['macs_per_image'][1]:,}, "
-              f"output error {info['max_relative_output_error']:.1e}", flush=True)
-        for batch in args.batches:
-            x = torch.randn(batch, 3, 224, 224)
-            result = compare_latency(dense, shrunk, x, repeats=args.repeats, warmup=3)
-            print(f"  {result.to_text()}", flush=True)
-            rows.append({"model": name, **info, **result.to_dict()})
+        for round_to in args.round_to:
+            dense, shrunk, info = shrink(name, args.flops, round_to)
+            print(f"{name}, widths rounded to {round_to}: params {info['params'][0]:,} -> {info['params'][1]:,}, "
+                  f"MACs/image {info['macs_per_image'][0]:,} -> {info['macs_per_image'][1]:,}, "
+                  f"output error {info['max_relative_output_error']:.1e}", flush=True)
+            for layout in args.memory_formats:
+                dense, shrunk = (m.to(memory_format=LAYOUTS[layout]) for m in (dense, shrunk))
+                for batch in args.batches:
+                    x = torch.randn(batch, 3, 224, 224).to(memory_format=LAYOUTS[layout])
+                    result = compare_latency(dense, shrunk, x, repeats=args.repeats, warmup=3)
+                    print(f"  {layout}: {result.to_text()}", flush=True)
+                    rows.append({"model": name, "memory_format": layout, **info, **result.to_dict()})
     payload = {
         "benchmark": "channel latency",
         "command": "python benchmarks/channel_latency.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -99,14 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{payload['machine']['torch']}. Target: {args.flops:.0%} of FLOPs removed by whole channels (PDP channel "
         f"scores at init), then physically removed. Medians of {args.repeats} interleaved runs, float32, eval mode.",
         "",
-        "| model | batch | params dense -> shrunk | FLOPs removed | dense ms | shrunk ms | speedup | output error |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | widths rounded to | memory format | batch | params dense -> shrunk | FLOPs removed | dense ms | "
+        "shrunk ms | speedup | output error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['params'][0]:,} -> {r['params'][1]:,} | {r['flops_removed']:.1%} | "
+        lines.append(f"| {r['model']} | {r['round_to']} | {r['memory_format']} | {r['batch']} | {r['params'][0]:,} -> {r['params'][1]:,} | {r['flops_removed']:.1%} | "
                      f"{r['dense_ms']:.1f} | {r['pruned_ms']:.1f} | {r['speedup']:.2f}x | {r['max_relative_output_error']:.1e} |")
     lines += ["", "Target (issue: structured pruning): shrunk at 50% FLOPs >= 1.6x faster than dense. " + ", ".join(
-        f"{r['model']} b{r['batch']}: {'met' if r['speedup'] >= 1.6 else 'not met'}" for r in rows)]
+        f"{r['model']} (round {r['round_to']}, {r['memory_format']}) b{r['batch']}: "
+        f"{'met' if r['speedup'] >= 1.6 else 'not met'}" for r in rows)]
     atomic_write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {stem}.json and .md")
     return 0

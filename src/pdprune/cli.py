@@ -7,7 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pdprune.bench.latency import LATENCY_MODELS
 from pdprune.config import BUDGETS, DEFAULT_TAU
+from pdprune.pattern import Channels
 from pdprune.data import DATASETS
 from pdprune.functional import check_sparsity, check_tau
 from pdprune.io import atomic_write_json
@@ -112,11 +114,35 @@ def build_parser() -> argparse.ArgumentParser:
                           help="MiniLM: distil from the dense fine-tuned model of the same seed "
                                "(both: each method with, then without; each dense model is trained once)")
     accuracy.add_argument("--tau", type=_tau, default=DEFAULT_TAU)
+    accuracy.add_argument("--channel-tau", type=_tau, default=Channels().tau,
+                          help=f"PDP channel mask temperature, relative to t^2 (default {Channels().tau:g})")
     accuracy.add_argument("--tag", default=None, help="result file name suffix (default: quick or cpu-<N>core)")
     accuracy.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
     accuracy.add_argument("--mode", default="full grid",
                           help="one line saying what kind of run this is, written into the results")
     accuracy.add_argument("--no-progress", action="store_true")
+    latency = bench.add_parser(
+        "latency",
+        help="dense vs pruned inference time on this machine, with warnings where a pattern cannot pay",
+        description="Prune a reference model at initialisation to each pattern (channel: shrunk, widths rounded "
+        "to 8), then time dense and pruned side by side on this device; print medians, ratios and the reasons a "
+        "pattern will not be faster here; write latency_<tag>.json/.md.",
+    )
+    latency.add_argument("--model", choices=list(LATENCY_MODELS), default="resnet18",
+                         help="resnet18 / mobilenetv2 take 3x224x224; the small-* models 1x28x28 (default resnet18)")
+    latency.add_argument("--patterns", nargs="+", default=["unstructured", "2:4", "channel"],
+                         help="unstructured, N:M such as 2:4, channel (default: all three)")
+    latency.add_argument("--sparsity", type=_sparsity, default=0.5,
+                         help="unstructured sparsity, and the fraction of FLOPs channel pruning removes (default 0.5)")
+    latency.add_argument("--batches", nargs="+", type=_positive_int, default=[1, 32])
+    latency.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda (default: cuda if present)")
+    latency.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    latency.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    latency.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
+                         help="layout of image models and inputs (default channels_last, the faster one on CPU)")
+    latency.add_argument("--repeats", type=_positive_int, default=20)
+    latency.add_argument("--out", type=Path, default=Path("pdprune-results") / "latency")
+    latency.add_argument("--tag", default=None, help="result file name suffix (default: <model>-<device>)")
     merge = bench.add_parser(
         "merge",
         help="combine accuracy result files of one kind of run into one (json, md, png)",
@@ -128,6 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
     merge.add_argument("--note", action="append", default=[], help="a line for the Notes section (repeatable)")
     return parser
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _run_bench_latency(args: argparse.Namespace) -> int:
+    from pdprune.bench.latency import run_latency_benchmark
+
+    payload = run_latency_benchmark(
+        model=args.model, patterns=tuple(args.patterns), sparsity=args.sparsity, batches=tuple(args.batches),
+        device=args.device, dtype=args.dtype, threads=args.threads,
+        channels_last=args.memory_format == "channels_last", repeats=args.repeats, out=args.out, tag=args.tag,
+    )
+    print(f"wrote {' and '.join(payload['written'])}")
+    return 0
 
 
 def _run_bench_merge(args: argparse.Namespace) -> int:
@@ -178,7 +222,7 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
         nm_methods=tuple(args.nm_methods),
         channel_methods=tuple(args.channel_methods),
         seeds=(0, 1) if args.quick else tuple(args.seeds),
-        setup=PruningSetup(tau=args.tau),
+        setup=PruningSetup(tau=args.tau, channel_tau=args.channel_tau),
     )
     tag = args.tag or ("quick" if args.quick else f"cpu-{os.cpu_count()}core")
     command = "pdprune " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "pdprune bench accuracy"
@@ -250,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_demo(args)
         if args.command == "bench" and args.bench == "accuracy":
             return _run_bench_accuracy(args)
+        if args.command == "bench" and args.bench == "latency":
+            return _run_bench_latency(args)
         if args.command == "bench" and args.bench == "merge":
             return _run_bench_merge(args)
     except (OSError, ImportError, ValueError, TypeError) as error:

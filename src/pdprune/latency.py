@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LatencyResult", "compare_latency"]
+__all__ = ["LatencyResult", "compare_latency", "speed_warnings"]
 
 
 @dataclass(frozen=True)
@@ -85,3 +85,37 @@ def compare_latency(dense: nn.Module, pruned: nn.Module, inputs: Any, repeats: i
         pruned_ms=pruned_ms,
         speedup=dense_ms / pruned_ms,
     )
+
+
+SMALL_MS = 1.0  # below this a forward is dominated by per-operator overhead, not arithmetic
+
+
+def speed_warnings(pattern: str, device: torch.device | str, dense_ms: float, speedup: float | None = None) -> list[str]:
+    """Why ``pattern`` may not run faster than dense on ``device``: one sentence per reason.
+
+    PyTorch multiplies stored zeros like any other weight, so unstructured and N:M masks change
+    speed only where a sparse kernel runs; channel pruning makes every layer smaller and pays
+    anywhere the work is arithmetic rather than overhead.
+    """
+    from pdprune.pattern import NM, Channels, parse_pattern
+
+    device = torch.device(device)
+    parsed = parse_pattern(pattern)
+    notes = []
+    if parsed is None:
+        notes.append("unstructured zeros run on dense kernels: expect no speed-up (the gain is size: "
+                     "pdprune.save_sparse); use pattern='channel' for speed")
+    elif isinstance(parsed, NM):
+        if device.type != "cuda" or (parsed.n, parsed.m) != (2, 4):
+            notes.append(f"{parsed.n}:{parsed.m} runs on dense kernels on {device.type}: PyTorch's N:M kernels "
+                         "are 2:4 on CUDA GPUs (compute capability 8.0+) only; expect no speed-up here")
+        else:
+            notes.append("2:4 is measured here with dense kernels; semi-structured kernels pay only for large "
+                         "GEMMs and on some GPUs are slower than dense")
+    if isinstance(parsed, Channels) and dense_ms < SMALL_MS:
+        notes.append(f"the dense forward takes {dense_ms:.2f} ms: per-operator overhead dominates, so fewer "
+                     "channels save little; larger batches or inputs show the real gain")
+    if speedup is not None and speedup < 1.0 / 1.05 and isinstance(parsed, Channels):
+        notes.append(f"the pruned model is slower ({speedup:.2f}x): odd widths can fall off the fast kernels "
+                     "(try Channels(round_to=8)) or the measurement is noisy (more repeats)")
+    return notes

@@ -43,7 +43,8 @@ class Channels:
     ``unit``: what the sparsity counts, "channels" (default), "params" or "flops" of the
     prunable layers. ``round_to``: kept widths are multiples of this (e.g. 8 for tensor cores).
     ``tau``: the soft mask's temperature relative to t^2, since channel scores (sums of squared
-    weights over whole channels) differ in scale by orders of magnitude between layers.
+    weights over whole channels) differ in scale by orders of magnitude between layers. After the
+    ramp it shrinks to zero over half the remaining steps, so hardening changes nothing.
     """
 
     unit: Literal["channels", "params", "flops"] = "channels"

@@ -21,7 +21,7 @@ from pdprune.bench.methods import METHODS, PruningSetup
 from pdprune.bench.tasks import Task
 from pdprune.io import atomic_write, atomic_write_json, atomic_write_text
 from pdprune.machine import machine_info
-from pdprune.pattern import parse_pattern
+from pdprune.pattern import Channels, parse_pattern
 
 __all__ = ["AccuracyGrid", "PlanSettings", "build_plan", "merge_results", "run_accuracy", "summarise"]
 
@@ -300,7 +300,8 @@ def run_accuracy(
             f"warm-up {setup.warmup:.0%} of steps, ramp {setup.ramp:.0%} (PDP linear, GMP cubic with "
             f"{setup.gmp_refreshes} mask refreshes, one-shot at the end of warm-up; for N:M PDP ramps each "
             f"group's threshold from 0, SR-STE and one-shot apply N:M from the end of warm-up), per-layer budgets "
-            f"(named in each row) fixed when pruning starts, PDP tau {setup.tau:g}; same optimizer, LR "
+            f"(named in each row) fixed when pruning starts, PDP tau {setup.tau:g} (channels: {setup.channel_tau:g} "
+            f"of t^2, masks hardened over the first half of the steps after the ramp); same optimizer, LR "
             f"schedule, epochs, budgets and seeds for every method"
         ),
         "tasks": [],
@@ -415,4 +416,6 @@ def _load_result(path: Path) -> dict[str, Any]:
         task.setdefault("budgets", [result["setup"]["budget"]])
     for row in result["rows"]:
         row.setdefault("budget", "dense" if row["method"] == "dense" else result["setup"]["budget"])
+    if not any(row["budget"].startswith("channel") for row in result["rows"]):
+        result["setup"].setdefault("channel_tau", Channels().tau)  # no channel runs: the value played no part
     return result

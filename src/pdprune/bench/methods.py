@@ -29,6 +29,7 @@ class PruningSetup:
     ramp: float = 0.5
     budget: str = "global"
     tau: float = DEFAULT_TAU
+    channel_tau: float = Channels().tau  # relative to t^2 (channel scores have no fixed scale)
     gmp_refreshes: int = 10  # mask refreshes over the ramp
 
 
@@ -60,7 +61,7 @@ class MethodSpec:
             budget=setup.budget,  # type: ignore[arg-type]
             filter_fn=filter_fn,
             method=self.make(setup, schedule.ramp_steps),
-            pattern=Channels(unit="flops") if pattern == "channel" else (pattern or "unstructured"),
+            pattern=Channels(unit="flops", tau=setup.channel_tau) if pattern == "channel" else (pattern or "unstructured"),
             indivisible="dense",
         )
 

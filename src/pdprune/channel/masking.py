@@ -25,6 +25,7 @@ class ChannelMaskState:
         self.one_shot_l1 = one_shot_l1  # the L1-norm baseline: a hard mask picked once, then fixed
         self.fixed: torch.Tensor | None = None
         self.progress = 0.0  # fraction of the ramp done; 0 means no mask at all
+        self.temperature_scale = 1.0  # shrinks to 0 after the ramp: exact 0/1 masks before hardening
         self.epoch = 0  # bumped every optimizer step
         self._cached: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
@@ -57,12 +58,14 @@ class ChannelMaskState:
         keep_now = channels - round(self.progress * (channels - self.keep))
         if keep_now == channels:
             return torch.ones(channels, device=self.group.scored_weights()[0][0].device)
+        if self.temperature_scale <= 0.0:
+            return channel_keep(self.scores(), keep_now).float()
         live = channel_scores(self.group.scored_weights(), detach=False)
         key = (self.epoch, keep_now, *((id(w), w._version) for w, _ in self.group.scored_weights()))
         if self._cached is None or self._cached[0] != key:
             self.scores()  # NaN check
             self._cached = (key, channel_cut(live, keep_now))
-        return channel_soft_mask(live, keep_now, self.tau, cut=self._cached[1])
+        return channel_soft_mask(live, keep_now, self.tau * self.temperature_scale, cut=self._cached[1])
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

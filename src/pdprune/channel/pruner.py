@@ -196,15 +196,32 @@ class ChannelPruner:
                 "groups": {n: [g.channels, self.keep[n]] for n, g in self.groups.items()}}
 
     def _update(self) -> None:
-        progress = self.config.method.progress(self.config.schedule, self.step_count)
+        schedule = self.config.schedule
+        progress = self.config.method.progress(schedule, self.step_count)
+        sharpness = settle_fraction(self.step_count, schedule.warmup_steps + schedule.ramp_steps, schedule.total_steps)
         for state in self.states.values():
             state.progress = progress
+            state.temperature_scale = 1.0 - sharpness
 
     def _require(self, finalized: bool) -> None:
         if finalized and not self.finalized:
             raise RuntimeError("call finalize() first")
         if not finalized and self.finalized:
             raise RuntimeError("this pruner has been finalized; the model is an ordinary model now")
+
+
+def settle_fraction(step: int, ramp_end: int, total: int) -> float:
+    """How far the masks have hardened after the ramp: 0 until the ramp ends, then rising linearly
+    to 1 halfway through the remaining steps (the last half trains with exact 0/1 channel masks).
+
+    A channel's output after a BatchNorm does not depend on its weights' scale, so with adaptive
+    optimizers the channel norms drift together and sit near the cut, where the soft mask is
+    neither 0 nor 1; a network that has learnt to use half-masked channels loses them all at
+    hardening. Shrinking the temperature to zero before the end makes hardening a no-op.
+    """
+    if step <= ramp_end or total <= ramp_end:
+        return 0.0 if step <= ramp_end else 1.0
+    return min(1.0, (step - ramp_end) / max(1, (total - ramp_end) // 2))
 
 
 def _nonzero_in_pruned(group: Any, keep: torch.Tensor) -> bool:

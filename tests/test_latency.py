@@ -1,0 +1,59 @@
+"""Latency comparison and `pdprune bench latency`: measured rows, honest warnings, clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from pdprune.bench.latency import run_latency_benchmark
+from pdprune.cli import main
+from pdprune.latency import compare_latency, speed_warnings
+from pdprune.models import SmallCNN
+
+
+def test_warnings_name_patterns_that_cannot_pay_on_the_device():
+    unstructured = speed_warnings("unstructured", "cpu", dense_ms=50.0)
+    assert len(unstructured) == 1 and "dense kernels" in unstructured[0]
+    assert any("2:4 on CUDA" in w for w in speed_warnings("2:4", "cpu", dense_ms=50.0))
+    assert any("1:4 runs on dense kernels on cuda" in w for w in speed_warnings("1:4", "cuda", dense_ms=50.0))
+    assert speed_warnings("channel", "cpu", dense_ms=50.0, speedup=1.7) == []
+    assert any("overhead" in w for w in speed_warnings("channel", "cpu", dense_ms=0.2, speedup=1.1))
+    assert any("round_to=8" in w for w in speed_warnings("channel", "cpu", dense_ms=50.0, speedup=0.8))
+    with pytest.raises(ValueError, match="pattern must be"):
+        speed_warnings("sparse", "cpu", dense_ms=1.0)
+
+
+def test_compare_latency_restores_modes_and_reports_the_batch():
+    dense, pruned = SmallCNN(), SmallCNN().eval()
+    result = compare_latency(dense, pruned, torch.randn(3, 1, 28, 28), repeats=2, warmup=0)
+    assert dense.training and not pruned.training
+    assert result.batch == 3 and result.repeats == 2
+    assert result.speedup == pytest.approx(result.dense_ms / result.pruned_ms)
+
+
+def test_bench_latency_writes_rows_for_every_pattern_and_batch(tmp_path, capsys):
+    code = main(["bench", "latency", "--model", "small-cnn", "--batches", "1", "2", "--repeats", "2",
+                 "--threads", "1", "--out", str(tmp_path), "--tag", "t"])
+    assert code == 0
+    payload = json.loads((tmp_path / "latency_t.json").read_text())
+    rows = {(r["pattern"], r["batch"]) for r in payload["rows"]}
+    assert rows == {(p, b) for p in ("unstructured", "2:4", "channel") for b in (1, 2)}
+    for row in payload["rows"]:
+        assert row["dense_ms"] > 0 and row["pruned_ms"] > 0
+        assert 0.45 <= row["achieved_sparsity"] <= 0.55
+        if row["pattern"] != "channel":
+            assert row["warnings"], "dense kernels must be called out"
+    channel = next(r for r in payload["rows"] if r["pattern"] == "channel")
+    assert channel["params"][1] < channel["params"][0]  # physically smaller, not only zeroed
+    assert "| channel |" in (tmp_path / "latency_t.md").read_text()
+    assert "warning: unstructured zeros run on dense kernels" in capsys.readouterr().out
+
+
+def test_bench_latency_refuses_what_it_cannot_measure(tmp_path, capsys):
+    if not torch.cuda.is_available():
+        assert main(["bench", "latency", "--model", "small-cnn", "--device", "cuda", "--out", str(tmp_path)]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+    assert main(["bench", "latency", "--model", "small-cnn", "--patterns", "3:2", "--out", str(tmp_path)]) == 2
+    assert "0 < N < M" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown model"):
+        run_latency_benchmark(model="vgg")
