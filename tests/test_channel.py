@@ -125,6 +125,10 @@ def test_activation_that_is_not_zero_at_zero_blocks_removal():
 def test_masks_start_after_warm_up_and_ramp_in():
     torch.manual_seed(0)
     model, x = SmallResNet(), torch.randn(4, 1, 28, 28)
+    with torch.no_grad():  # as after some training: fresh BatchNorms score every channel alike
+        for norm in model.modules():
+            if isinstance(norm, nn.BatchNorm2d):
+                norm.weight.uniform_(0.5, 1.5)
     reference = SmallResNet()
     reference.load_state_dict(model.state_dict())
     pruner = pdprune.prepare(model, _config(), example_inputs=x)
@@ -391,3 +395,16 @@ def test_load_shrunk_under_no_grad_and_a_clear_refusal_under_inference_mode(tmp_
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in pruner.model.parameters())
     with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
         pdprune.load_shrunk(tmp_path, SmallResNet)
+
+
+def test_channels_behind_a_batchnorm_are_scored_by_its_affine_parameters():
+    x = torch.randn(2, 1, 28, 28)
+    pruner = pdprune.prepare(SmallResNet(), _config(), example_inputs=x)
+    for group in pruner.groups.values():
+        norms = [m.module for m in group.members if isinstance(m.module, nn.BatchNorm2d)]
+        assert norms, "every conv group of SmallResNet has its BatchNorm"
+        assert {id(p) for p, _ in group.scale_weights()} == {id(p) for n in norms for p in (n.weight, n.bias)}
+        assert all(w.dim() == 4 for w, _ in group.scored_weights())  # the L1 baseline still ranks conv filters
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    (group,) = pdprune.prepare(mlp, _config(), example_inputs=torch.randn(2, 8)).groups.values()
+    assert [w for w, _ in group.scale_weights()] == [mlp[0].weight]

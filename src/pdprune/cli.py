@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pdprune.bench.latency import LATENCY_MODELS
+from pdprune.bench.methods import PruningSetup
 from pdprune.config import BUDGETS, DEFAULT_TAU
 from pdprune.pattern import Channels
 from pdprune.data import DATASETS
@@ -29,6 +30,13 @@ def _tau(text: str) -> float:
         return check_tau(float(text))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 0.9:
+        raise argparse.ArgumentTypeError(f"must be a fraction of the steps between 0 and 0.9, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -65,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="epochs for each of the two runs (default: 30 for digits, 8 for fashion-mnist)")
     demo.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order")
     demo.add_argument("--tau", type=_tau, default=None,
-                      help=f"mask temperature (default {DEFAULT_TAU}; with --pattern channel, relative to t^2, default 0.01)")
+                      help=f"mask temperature (default {DEFAULT_TAU}; with --pattern channel, relative to t^2, default {Channels().tau:g})")
     demo.add_argument("--train-limit", type=_positive_int, default=None,
                       help="use only the first N training examples (quick runs)")
     demo.add_argument("--out", type=Path, default=None,
@@ -114,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="MiniLM: distil from the dense fine-tuned model of the same seed "
                                "(both: each method with, then without; each dense model is trained once)")
     accuracy.add_argument("--tau", type=_tau, default=DEFAULT_TAU)
+    accuracy.add_argument("--ramp", type=_fraction, default=PruningSetup().ramp,
+                          help=f"fraction of the steps over which pruning ramps in, for every method "
+                               f"(default {PruningSetup().ramp:g}; 0: the full budget at the end of warm-up)")
     accuracy.add_argument("--channel-tau", type=_tau, default=Channels().tau,
                           help=f"PDP channel mask temperature, relative to t^2 (default {Channels().tau:g})")
     accuracy.add_argument("--tag", default=None, help="result file name suffix (default: quick or cpu-<N>core)")
@@ -222,7 +233,7 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
         nm_methods=tuple(args.nm_methods),
         channel_methods=tuple(args.channel_methods),
         seeds=(0, 1) if args.quick else tuple(args.seeds),
-        setup=PruningSetup(tau=args.tau, channel_tau=args.channel_tau),
+        setup=PruningSetup(tau=args.tau, channel_tau=args.channel_tau, ramp=args.ramp),
     )
     tag = args.tag or ("quick" if args.quick else f"cpu-{os.cpu_count()}core")
     command = "pdprune " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "pdprune bench accuracy"

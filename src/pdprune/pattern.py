@@ -49,7 +49,7 @@ class Channels:
 
     unit: Literal["channels", "params", "flops"] = "channels"
     round_to: int = 1
-    tau: float = 0.01
+    tau: float = 0.001
 
     def __post_init__(self) -> None:
         if self.unit not in ("channels", "params", "flops"):

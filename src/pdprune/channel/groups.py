@@ -60,7 +60,20 @@ class ChannelGroup:
     root_fn: Callable[..., Any] = field(repr=False)
 
     def scored_weights(self) -> list[tuple[torch.Tensor, int]]:
+        """The Linear/conv weights of the group's channels (what L1-norm filter pruning ranks)."""
         return [(m.module.weight, m.weight_dim) for m in self.members if m.scored]
+
+    def scale_weights(self) -> list[tuple[torch.Tensor, int]]:
+        """The parameters that set the channels' output scale, which PDP's channel norm measures.
+
+        After a BatchNorm (or another per-channel norm with affine parameters) the output no
+        longer depends on the conv or Linear weights' scale, only on the norm's weight and bias,
+        so those are the channel's parameters then; without such a norm, the Linear/conv weights.
+        """
+        norms = [m.module for m in self.members if isinstance(m.module, _NORMS) and getattr(m.module, "affine", False)]
+        if norms:
+            return [(p, 0) for norm in norms for p in (norm.weight, norm.bias) if p is not None]
+        return self.scored_weights()
 
 
 def _member(name: str, module: nn.Module) -> ChannelMember | str:

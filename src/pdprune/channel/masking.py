@@ -30,7 +30,7 @@ class ChannelMaskState:
         self._cached: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
     def scores(self) -> torch.Tensor:
-        weights = self.group.scored_weights()
+        weights = self.group.scale_weights()
         for weight, _ in weights:
             if not bool(torch.isfinite(weight.detach().abs().max())):  # max is NaN or inf iff some element is
                 check_finite(weight, f"a weight of channel group {self.group.name}")
@@ -60,8 +60,8 @@ class ChannelMaskState:
             return torch.ones(channels, device=self.group.scored_weights()[0][0].device)
         if self.temperature_scale <= 0.0:
             return channel_keep(self.scores(), keep_now).float()
-        live = channel_scores(self.group.scored_weights(), detach=False)
-        key = (self.epoch, keep_now, *((id(w), w._version) for w, _ in self.group.scored_weights()))
+        live = channel_scores(self.group.scale_weights(), detach=False)
+        key = (self.epoch, keep_now, *((id(w), w._version) for w, _ in self.group.scale_weights()))
         if self._cached is None or self._cached[0] != key:
             self.scores()  # NaN check
             self._cached = (key, channel_cut(live, keep_now))
