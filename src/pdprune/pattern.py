@@ -44,7 +44,9 @@ class Channels:
     prunable layers. ``round_to``: kept widths are multiples of this (e.g. 8 for tensor cores).
     ``tau``: the soft mask's temperature relative to t^2, since channel scores (sums of squared
     weights over whole channels) differ in scale by orders of magnitude between layers. After the
-    ramp it shrinks to zero over half the remaining steps, so hardening changes nothing.
+    ramp it shrinks to zero over half the remaining steps, so hardening changes nothing. 1e-3
+    was chosen on the accuracy harness (Fashion-MNIST, 50% of FLOPs, 3 seeds: SmallResNet 80.72%
+    vs 79.87% at 1e-2, SmallMobileNetV2 82.01% vs 80.05%; benchmarks/results).
     """
 
     unit: Literal["channels", "params", "flops"] = "channels"
