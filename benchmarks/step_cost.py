@@ -5,14 +5,20 @@ in one process; each round times one optimizer step of each, in rotating order, 
 machine slows all three alike. Pruning is in force while timing: warm-up 0, and the ramp spans
 the whole run (``--phase ramp``) or ends after the first step (``--phase after``, the final
 sparsity throughout, as in most of a training run). PDP recomputes its threshold and soft mask
-every step; GMP refreshes its mask every 100 steps as in the accuracy harness.
+every step; GMP refreshes its mask every 100 steps as in the accuracy harness. With ``--compile``
+all three models run under ``torch.compile`` (inductor), which fuses PDP's mask maths into one
+loop forward and one backward.
 
-    python benchmarks/step_cost.py --models resnet bert-stack --steps 30
+Besides time, it measures the memory each step keeps for backward beyond the parameters (every
+tensor autograd saves, counted once per storage), so PDP's extra memory is read in copies of the
+pruned weights on any device; on CUDA it also records the peak allocated memory.
+
+    python benchmarks/step_cost.py --models resnet bert-stack --steps 30 --tokens 512 4096
 
 Models: "resnet" (SmallResNet, batch 64 of 1x28x28) and "bert-stack" (12 BERT-base-shaped
 blocks of Linear layers, 72 of them, 85M weights: q, k, v, output 768x768, FFN 768x3072 and
 3072x768, with GELU and residuals; attention's softmax is left out as it has no prunable weights;
-``--tokens`` tokens per step). Writes step_cost_<tag>.json and .md.
+``--tokens`` tokens per step, one row per value). Writes step_cost_<tag>.json and .md.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -62,7 +69,26 @@ def _task(name: str, tokens: int, device: str) -> tuple[nn.Module, torch.Tensor,
     return BertShapedStack(), x, torch.randn(tokens, 768, device=device), nn.MSELoss()
 
 
-def measure(name: str, steps: int, warmup: int, tokens: int, device: str, phase: str = "ramp") -> dict:
+def saved_for_backward_bytes(model: nn.Module, step: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the tensors autograd keeps for backward in one forward, parameters excluded."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = step()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(storages.values())
+
+
+def measure(name: str, steps: int, warmup: int, tokens: int, device: str, phase: str = "ramp",
+            compiled: bool = False) -> dict:
     torch.manual_seed(0)
     base, x, y, loss_fn = _task(name, tokens, device)
     base = base.to(device)
@@ -77,7 +103,10 @@ def measure(name: str, steps: int, warmup: int, tokens: int, device: str, phase:
             schedule = pdprune.Schedule(total_steps=total, warmup=0, ramp=1.0 if phase == "ramp" else 1 / total)
             method = GMP(refresh_every=100) if label == "gmp" else pdprune.PDP()
             pruner = pdprune.prepare(model, pdprune.PruneConfig(sparsity=0.9, schedule=schedule, method=method))
-        runs[label] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4), pruner)
+        # Compiled after prepare(), and with hook guards on: by default dynamo does not guard on
+        # module hooks, so the three same-class models would share the first one's graph.
+        run = torch.compile(model) if compiled else model
+        runs[label] = (run, torch.optim.AdamW(model.parameters(), lr=1e-4), pruner)
 
     def one_step(label: str) -> float:
         model, optimizer, pruner = runs[label]
@@ -103,6 +132,11 @@ def measure(name: str, steps: int, warmup: int, tokens: int, device: str, phase:
         order = labels[r % 3:] + labels[: r % 3]
         for label in order:
             times[label].append(one_step(label))
+    saved = {}
+    if not compiled:  # saved-tensor hooks see the eager graph; a compiled one saves what inductor chose
+        for label in labels:
+            model = runs[label][0]
+            saved[label] = saved_for_backward_bytes(model, lambda: loss_fn(model(x), y)) / 2**20
     memory = {}
     if device.startswith("cuda"):
         for label in labels:  # one step each from a reset peak, after the timed ones
@@ -112,15 +146,24 @@ def measure(name: str, steps: int, warmup: int, tokens: int, device: str, phase:
             memory[label] = torch.cuda.max_memory_allocated() / 2**20
     medians = {label: statistics.median(values) for label, values in times.items()}
     weights = sum(p.numel() for n, p in base.named_parameters() if n.endswith("weight") and p.dim() > 1)
+    weight_mib = weights * 4 / 2**20
     return {
         "model": name,
         "prunable_weights": weights,
         "inputs": list(x.shape),
         "median_ms": medians,
         "ratio_to_dense": {label: medians[label] / medians["dense"] for label in labels},
+        "overhead_ms_per_million_weights": {
+            label: (medians[label] - medians["dense"]) / (weights / 1e6) for label in labels if label != "dense"
+        },
         "peak_memory_mib": memory or None,
+        "saved_for_backward_mib": saved or None,
+        "extra_saved_in_weight_copies": (
+            {label: (saved[label] - saved["dense"]) / weight_mib for label in labels if label != "dense"} if saved else None
+        ),
         "steps_timed": steps,
         "phase": phase,
+        "compiled": compiled,
     }
 
 
@@ -129,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=["resnet", "bert-stack"], default=["resnet", "bert-stack"])
     parser.add_argument("--steps", type=int, default=30, help="timed steps per method (default 30)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=512, help="tokens per step for bert-stack (default 512)")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[512],
+                        help="tokens per step for bert-stack, one row each (default 512)")
+    parser.add_argument("--compile", action="store_true", help="run every model under torch.compile (inductor)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
     parser.add_argument("--tag", default=None)
@@ -138,23 +183,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ensure_writable_folder(args.out)
     tag = args.tag or (f"cpu-{os.cpu_count()}core" if args.device == "cpu" else args.device)
-    tag += "" if args.phase == "ramp" else "-after-ramp"
+    tag += ("" if args.phase == "ramp" else "-after-ramp") + ("-compiled" if args.compile else "")
+    if args.compile:
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
     started = time.time()
     rows = []
     for name in args.models:
-        row = measure(name, args.steps, args.warmup, args.tokens, args.device, args.phase)
-        rows.append(row)
-        print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms ({row['ratio_to_dense'][k]:.2f}x)" for k, v in row["median_ms"].items()),
-              flush=True)
+        for tokens in args.tokens if name == "bert-stack" else [0]:
+            row = measure(name, args.steps, args.warmup, tokens, args.device, args.phase, args.compile)
+            rows.append(row)
+            print(f"{name} {'x'.join(map(str, row['inputs']))}: "
+                  + ", ".join(f"{k} {v:.1f} ms ({row['ratio_to_dense'][k]:.2f}x)" for k, v in row["median_ms"].items()),
+                  flush=True)
     payload = {
         "benchmark": "training step cost",
         "command": "python benchmarks/step_cost.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(),
         "device": args.device,
         "sparsity": 0.9,
+        "compiled": args.compile,
         "note": ("Pruning in force while timing (warm-up 0, " + ("ramp over the whole run" if args.phase == "ramp" else
                  "ramp done after the first step: final sparsity throughout") + "). Medians of interleaved steps "
-                "in one process; float32; AdamW. Peak memory is measured on CUDA only."),
+                "in one process; float32; AdamW" + ("; every model under torch.compile (inductor)" if args.compile else
+                "; eager") + ". Saved for backward: tensors autograd keeps in one step beyond the parameters (eager "
+                "only); peak memory on CUDA only."),
         "rows": rows,
         "wall_seconds": time.time() - started,
     }
@@ -168,18 +220,22 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {m['cpu']} ({m['torch_threads']} torch threads){', ' + m['gpu'] if 'gpu' in m else ''}, torch "
         f"{m['torch']}. {payload['note']}",
         "",
-        "| model | prunable weights | inputs | dense ms | PDP ms (ratio) | GMP ms (ratio) | peak MiB dense / PDP / GMP |",
-        "|---|---|---|---|---|---|---|",
+        "| model | prunable weights | inputs | dense ms | PDP ms (ratio) | GMP ms (ratio) | PDP overhead ms per 1M weights "
+        "| saved for backward MiB dense / PDP / GMP (PDP extra in weight copies) | peak MiB dense / PDP / GMP |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        mem = r["peak_memory_mib"]
+        mem, saved = r["peak_memory_mib"], r["saved_for_backward_mib"]
+        saved_text = (f"{' / '.join(f'{saved[k]:.0f}' for k in ('dense', 'pdp', 'gmp'))} "
+                      f"({r['extra_saved_in_weight_copies']['pdp']:.2f})" if saved else "not measured (compiled)")
         lines.append(
             f"| {r['model']} | {r['prunable_weights']:,} | {'x'.join(map(str, r['inputs']))} | {r['median_ms']['dense']:.1f} | "
             f"{r['median_ms']['pdp']:.1f} ({r['ratio_to_dense']['pdp']:.2f}x) | {r['median_ms']['gmp']:.1f} "
-            f"({r['ratio_to_dense']['gmp']:.2f}x) | "
+            f"({r['ratio_to_dense']['gmp']:.2f}x) | {r['overhead_ms_per_million_weights']['pdp']:.1f} | {saved_text} | "
             f"{' / '.join(f'{mem[k]:.0f}' for k in ('dense', 'pdp', 'gmp')) if mem else 'not measured on CPU'} |"
         )
-    lines += ["", "Targets (issue: training cost): PDP step <= 1.15x dense on CPU, <= 1.10x on GPU, for the BERT-base-shaped stack."]
+    lines += ["", "Targets (issue: training cost): PDP step <= 1.15x dense on CPU, <= 1.10x on GPU, for the BERT-base-shaped "
+              "stack; extra memory at most one float32 copy of the pruned weights."]
     atomic_write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {stem}.json and .md")
     return 0

@@ -36,9 +36,10 @@ class GMP(MaskMethod):
             raise ValueError(f"refresh_every must be a positive int (steps), got {self.refresh_every!r}")
 
     def masked_weight(self, weight: torch.Tensor, state: "MaskState") -> torch.Tensor:
-        if state.mask is None:
+        mask = _stored_mask(state)
+        if mask is None:
             return weight
-        return weight * state.mask.to(weight.dtype)
+        return weight * mask.to(weight.dtype)
 
     def _due(self, state: "MaskState", step: int, schedule: "Schedule") -> bool:
         if state.mask is None:
@@ -74,3 +75,9 @@ class OneShot(GMP):
 
     def progress(self, schedule: "Schedule", step: int) -> float:
         return 1.0 if schedule.pruning_started(step) else 0.0
+
+
+@torch.compiler.disable
+def _stored_mask(state: "MaskState") -> torch.Tensor | None:
+    # Read outside torch.compile graphs: the mask is replaced at every refresh.
+    return state.mask

@@ -10,6 +10,7 @@ from pdprune.functional.masks import (
     hard_mask,
     keep_count,
     midpoint_threshold,
+    SoftMaskedWeight,
     soft_mask,
     soft_masked_weight,
 )
@@ -33,4 +34,5 @@ __all__ = [
     "nm_threshold",
     "soft_mask",
     "soft_masked_weight",
+    "SoftMaskedWeight",
 ]

@@ -8,6 +8,7 @@ fp16/bf16 weights never overflow or lose the comparison against the threshold.
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import torch
 
@@ -20,6 +21,7 @@ __all__ = [
     "midpoint_threshold",
     "soft_mask",
     "soft_masked_weight",
+    "SoftMaskedWeight",
 ]
 
 
@@ -103,7 +105,7 @@ def midpoint_threshold(
     if k >= n:
         return torch.zeros((), dtype=torch.float32, device=weight.device)
     if hint is not None and hint > 0.0:
-        for width in (0.02, 0.2):
+        for width in (0.002, 0.02, 0.2):
             pair = _pair_in_band(mags, k, hint * (1.0 - width), hint * (1.0 + width))
             if pair is not None:
                 return 0.5 * (pair[0] + pair[1])
@@ -118,7 +120,7 @@ def _pair_in_band(mags: torch.Tensor, k: int, low: float, high: float) -> tuple[
     In descending order the magnitudes are: those above ``high``, then the band, then those
     below ``low``; so rank r falls in the band when above < r <= above + len(band).
     """
-    above = int((mags > high).sum())
+    above = int(torch.count_nonzero(mags > high))
     if above >= k:
         return None
     band = mags[(mags >= low) & (mags <= high)]
@@ -148,9 +150,52 @@ def soft_masked_weight(weight: torch.Tensor, threshold: torch.Tensor | float, ta
     """The weight a PDP layer computes with: m(w) * w, in the weight's dtype.
 
     Its gradient with respect to w is m * (1 + 2 w^2 (1 - m) / tau), which boosts weights near
-    the threshold so they can cross it.
+    the threshold so they can cross it. Computed by :class:`SoftMaskedWeight`: the same values as
+    ``soft_mask(w, t, tau) * w``, but it keeps only w and t for backward (the mask is recomputed
+    there), so PDP's extra memory is the masked weight alone, and it makes a third of the passes
+    over the weights that the composition of elementary ops makes.
     """
-    return (soft_mask(weight, threshold, tau) * weight.float()).to(weight.dtype)
+    t = torch.as_tensor(threshold, dtype=torch.float32, device=weight.device).detach()
+    return SoftMaskedWeight.apply(weight, t, float(tau))
+
+
+def _logits(weight32: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
+    # (w^2 - t^2) / tau as one fused multiply-add. The constant is clamped to the float32 range so
+    # that overflowing squares (|w| or t above ~1e19) give -inf + finite or inf + finite, never
+    # inf - inf: a weight far above the threshold still reads inf (kept), one far below -3e38 (cut).
+    offset = (-(t * t) / tau).clamp(min=-torch.finfo(torch.float32).max)
+    logit = torch.addcmul(offset, weight32, weight32, value=1.0 / tau)
+    # Exactly 0 below LOGIT_FLOOR (sigmoid(-inf) = 0): no denormal weights reach the matmuls.
+    return torch.nn.functional.threshold_(logit, LOGIT_FLOOR, -float("inf"))
+
+
+class SoftMaskedWeight(torch.autograd.Function):
+    """m(w) * w with m = sigmoid((w^2 - t^2) / tau); t is a statistic of w, not differentiated.
+
+    Forward: one fused multiply-add, then in-place ops (4 passes over w, one new tensor). Backward
+    recomputes m from the saved w and t rather than keeping it (6 passes, two new tensors).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
+        weight32 = weight.float()
+        ctx.save_for_backward(weight, t)
+        ctx.tau = tau
+        mask = _logits(weight32, t, tau).sigmoid_()
+        return mask.mul_(weight32).to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        weight, t = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        weight32 = weight.float()
+        mask = _logits(weight32, t, ctx.tau).sigmoid_()
+        # d(m w)/dw = m + (2 / tau) * m (1 - m) * w * w. m (1 - m) w is at most |w| / 4 and is 0
+        # wherever m saturates, so the product below never meets 0 * inf.
+        slope = torch.addcmul(mask, mask, mask, value=-1.0).mul_(weight32)
+        factor = mask.addcmul_(slope, weight32, value=2.0 / ctx.tau)
+        return factor.mul_(grad.float()).to(weight.dtype), None, None
 
 
 def hard_mask(weight: torch.Tensor, sparsity: float, name: str = "weight") -> torch.Tensor:

@@ -39,6 +39,9 @@ class MaskState:
         self._cached_hard: tuple[tuple[int, int, int, float], torch.Tensor] | None = None
         self.epoch = 0  # bumped every optimizer step: thresholds are never reused across steps
 
+    # Under torch.compile the threshold runs eagerly (a graph break): its cache and the search hint
+    # are Python state, which would otherwise recompile the graph at every step.
+    @torch.compiler.disable
     def threshold(self, weight: torch.Tensor) -> torch.Tensor:
         """t for ``weight`` at the sparsity in force, reused while the weight is unchanged.
 
@@ -61,6 +64,7 @@ class MaskState:
         self._cached = (key, t)
         return t
 
+    @torch.compiler.disable
     def current_hard_mask(self, weight: torch.Tensor) -> torch.Tensor:
         """The hard mask at the sparsity in force, reused while the weight is unchanged."""
         key = (id(weight), weight._version, self.epoch, self.sparsity)
@@ -97,13 +101,20 @@ class MaskHook:
         self._stash: list[nn.Parameter] = []
 
     def before(self, module: nn.Module, args: Any) -> None:
-        if module.training:
-            self.state.calls += 1
-        if self.state.sparsity == 0.0:
+        if not self._enter(module.training):
             return
         parameter = module._parameters[self.attribute]
         self._stash.append(parameter)  # type: ignore[arg-type]
         module._parameters[self.attribute] = self.state.masked(parameter)  # type: ignore[assignment]
+
+    # Bookkeeping in plain Python, kept out of torch.compile graphs: a call counter and a sparsity
+    # that grows every ramp step would otherwise be guarded on and recompile the graph each step.
+    @torch.compiler.disable
+    def _enter(self, training: bool) -> bool:
+        """Count a training call; True when a mask is in force."""
+        if training:
+            self.state.calls += 1
+        return self.state.sparsity != 0.0
 
     def after(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._stash:

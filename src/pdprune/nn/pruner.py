@@ -71,6 +71,8 @@ class Pruner:
         self.budgets: dict[str, float] | None = None
         self.finalized = False
         self._checked_calls = False
+        self._calls_at_last_step = 0
+        self._versions_at_last_step = [tensor.parameter._version for tensor in self.tensors]
         self._update_sparsity()
 
     # ----------------------------------------------------------------- lifecycle
@@ -79,6 +81,7 @@ class Pruner:
         self._require_active()
         if not self._checked_calls:
             self._check_layers_called()
+        self._check_masks_ran()
         self.step_count += 1
         if self.step_count == self.config.schedule.total_steps + 1:
             warnings.warn(
@@ -89,6 +92,9 @@ class Pruner:
         for state in self.states.values():
             state.epoch += 1
         self._update_sparsity()
+        # A method may write the weights itself (one-shot pruning, for one); only updates made
+        # between two steps count as training updates.
+        self._versions_at_last_step = [tensor.parameter._version for tensor in self.tensors]
 
     def finalize(self) -> PruneReport:
         """Harden every mask to its budget, fold it into the weights and remove the hooks.
@@ -282,6 +288,31 @@ class Pruner:
             with torch.no_grad():
                 for tensor in self.tensors:
                     self.config.method.update(tensor.parameter, self.states[tensor.name], self.step_count, schedule)
+
+    def _check_masks_ran(self) -> None:
+        """Raise if masks were in force but no pruned layer ran its mask since the last step.
+
+        The usual cause is a compiled forward that never calls the masking hooks: torch.compile
+        does not guard on module hooks by default, so a graph compiled for the model (or another
+        instance of its class) before prepare() keeps running without the masks.
+        """
+        calls = sum(state.calls for state in self.states.values())
+        versions = [tensor.parameter._version for tensor in self.tensors]
+        in_force = any(state.sparsity > 0.0 for state in self.states.values())
+        ran = calls != self._calls_at_last_step
+        # Only a step in which the weights were updated counts: step() may also just advance the
+        # schedule (no forward, no update), which is allowed.
+        updated = versions != self._versions_at_last_step
+        self._calls_at_last_step, self._versions_at_last_step = calls, versions
+        if in_force and updated and not ran:
+            raise RuntimeError(
+                "masks were in force but no pruned layer ran its mask in a training forward since the last "
+                "pruner.step(). Either the forward bypassed pdprune's hooks, which happens with torch.compile when "
+                "the model (or another instance of its class) was compiled before pdprune.prepare(): compile after "
+                "prepare() in a fresh process, or set torch._dynamo.config.skip_nnmodule_hook_guards = False before "
+                "compiling; or the weights were updated without a forward in training mode (model.train()) since "
+                "the last step: call step() once per optimizer step, after the training forward and backward."
+            )
 
     def _check_layers_called(self) -> None:
         calls = {name: s.calls for name, s in self.states.items()}
