@@ -408,3 +408,19 @@ def test_channels_behind_a_batchnorm_are_scored_by_its_affine_parameters():
     mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     (group,) = pdprune.prepare(mlp, _config(), example_inputs=torch.randn(2, 8)).groups.values()
     assert [w for w, _ in group.scale_weights()] == [mlp[0].weight]
+
+
+def test_expansion_scope_prunes_only_groups_through_a_depthwise_conv():
+    x = torch.randn(1, 1, 28, 28)
+    pruner = pdprune.prepare(SmallMobileNetV2(), _config(unit="flops", scope="expansion"), example_inputs=x)
+    assert pruner.groups and all(g.has_depthwise() for g in pruner.groups.values())
+    outside = [name for name, why in pruner.skipped.items() if "outside scope='expansion'" in why]
+    assert outside  # the residual streams and the stem stay whole
+    full = pdprune.prepare(SmallMobileNetV2(), _config(unit="flops"), example_inputs=x)
+    assert set(pruner.groups) < set(full.groups)
+    before, after = pruner.report().macs
+    assert 0.45 * before <= after <= 0.5 * before  # the same FLOPs budget, from fewer groups
+    with pytest.raises(ValueError, match="no channel group that can be pruned.*outside scope='expansion'"):
+        pdprune.prepare(SmallResNet(), _config(scope="expansion"), example_inputs=x)
+    with pytest.raises(ValueError, match="scope"):
+        pdprune.Channels(scope="hidden")

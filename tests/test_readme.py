@@ -98,6 +98,52 @@ def test_readme_channel_example_shrinks_saves_and_loads(tmp_path, monkeypatch):
     assert isinstance(small, MyModel) and torch.allclose(small(xs), model(xs), atol=1e-6)
 
 
+def test_readme_declared_heads_example_prunes_whole_heads():
+    import math
+
+    import torch
+    from torch import nn
+
+    import pdprune
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.n_heads = 8
+            self.q, self.k, self.v, self.o = (nn.Linear(32, 32) for _ in range(4))
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = (p(x).view(b, t, self.n_heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+            mixed = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1) @ v
+            return x + self.o(mixed.transpose(1, 2).reshape(b, t, -1))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.Sequential(Attention())
+            self.head = nn.Linear(32, 2)
+
+        def forward(self, x):
+            return self.head(self.blocks(x).mean(1))
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    namespace = {"pdprune": pdprune, "steps": 6}
+    exec(blocks[4], namespace)
+    model, x = Net(), torch.randn(3, 5, 32)
+    pruner = pdprune.prepare(model, namespace["config"], example_inputs=x)
+    assert pruner.groups["blocks.0.heads"].width == 4
+    for _ in range(6):
+        model(x).sum().backward()
+        pruner.step()
+    pruner.finalize()
+    model.eval()
+    masked = model(x)
+    pruner.shrink()
+    assert model.blocks[0].n_heads == 4 and model.blocks[0].q.out_features == 16
+    assert torch.allclose(model(x), masked, atol=1e-5)
+
+
 def test_readme_export_example_round_trips(tmp_path, monkeypatch):
     import torch
     from torch import nn
@@ -109,6 +155,6 @@ def test_readme_export_example_round_trips(tmp_path, monkeypatch):
         model.weight[:, :6] = 0
     before = {k: v.clone() for k, v in model.state_dict().items()}
     namespace = {"model": model}
-    exec(blocks[4], namespace)
+    exec(blocks[5], namespace)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert (tmp_path / "model.sparse.safetensors").exists() and (tmp_path / "model.safetensors").exists()

@@ -182,6 +182,35 @@ def test_a_compiled_graph_that_bypasses_the_masks_is_caught_at_the_next_step():
     dynamo.reset()
 
 
+class ChannelMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(12, 32), nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_a_compiled_graph_that_bypasses_the_channel_masks_is_caught_too():
+    dynamo = pytest.importorskip("torch._dynamo")
+    dynamo.reset()
+    x, y = torch.randn(8, 12), torch.arange(8) % 3
+    torch.compile(ChannelMLP(), backend="aot_eager")(x)
+    model = ChannelMLP()
+    channel = pdprune.PruneConfig(sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(10, warmup=0, ramp=2))
+    pruner = pdprune.prepare(model, channel, example_inputs=x)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(2):  # eager steps run the masks: no complaint
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        pruner.step()
+    nn.functional.cross_entropy(torch.compile(model, backend="aot_eager")(x), y).backward()
+    optimizer.step()
+    with pytest.raises(RuntimeError, match="bypassed pdprune's hooks.*skip_nnmodule_hook_guards"):
+        pruner.step()
+    dynamo.reset()
+
+
 def test_step_without_forward_or_update_only_advances_the_schedule():
     model = mlp()
     pruner = pdprune.prepare(model, config(total=10, warmup=0, ramp=2))

@@ -11,7 +11,7 @@
 from pdprune.config import DEFAULT_TAU, LayerOverride, PruneConfig
 from pdprune.method import PDP, MaskMethod
 from pdprune.nn import DEFAULT_LAYER_TYPES, Pruner, default_filter, prepare
-from pdprune.pattern import NM, Channels
+from pdprune.pattern import NM, ChannelGroupSpec, Channels
 from pdprune.channel import ChannelPruner, ChannelReport, load_shrunk, save_shrunk
 from pdprune.report import LayerReport, PruneReport
 from pdprune.schedule import Schedule
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ChannelPruner",
     "ChannelReport",
+    "ChannelGroupSpec",
     "Channels",
     "DEFAULT_LAYER_TYPES",
     "DEFAULT_TAU",

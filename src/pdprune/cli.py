@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--ramp", type=_fraction, default=PruningSetup().ramp,
                           help=f"fraction of the steps over which pruning ramps in, for every method "
                                f"(default {PruningSetup().ramp:g}; 0: the full budget at the end of warm-up)")
+    accuracy.add_argument("--channel-scopes", nargs="+", choices=["all", "expansion"], default=["all"],
+                          help="channel groups that share the budget: all, or only those through a depthwise "
+                               "convolution (expansion); several give one run each")
     accuracy.add_argument("--channel-tau", type=_tau, default=Channels().tau,
                           help=f"PDP channel mask temperature, relative to t^2 (default {Channels().tau:g})")
     accuracy.add_argument("--tag", default=None, help="result file name suffix (default: quick or cpu-<N>core)")
@@ -222,6 +225,7 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
         image_budgets=tuple(dict.fromkeys(args.budgets)),
         image_patterns=tuple(_nm_pattern(p) for p in dict.fromkeys(args.patterns)),
         image_channel_flops=tuple(dict.fromkeys(args.channel_flops)),
+        image_channel_scopes=tuple(dict.fromkeys(args.channel_scopes)),
         text_budgets=tuple(dict.fromkeys(args.text_budgets)),
         text_steps=args.text_steps,
         text_lr=args.text_lr,

@@ -179,8 +179,24 @@ class PruneConfig:
             "method": self.method.fingerprint(),
             # Only when set, so checkpoints saved before N:M existed still match.
             **({"pattern": str(self.pattern), "indivisible": self.indivisible} if self.nm is not None else {}),
-            **({"pattern": asdict(self.channels)} if self.channels is not None else {}),
+            **({"pattern": _channel_fingerprint(self.channels)} if self.channels is not None else {}),
         }
+
+
+def _channel_fingerprint(channels: Channels) -> dict[str, Any]:
+    """The channel pattern's settings; heads and declared groups only where they differ from the
+    defaults, so checkpoints saved before those options existed still match."""
+    settings = asdict(channels)
+    if settings["heads"] is True:
+        del settings["heads"]
+    if settings["scope"] == "all":
+        del settings["scope"]
+    if not settings["groups"]:
+        del settings["groups"]
+    else:
+        settings["groups"] = [{**g, "producers": list(g["producers"]), "consumers": list(g["consumers"])}
+                              for g in settings["groups"]]
+    return settings
 
 
 def _compile(pattern: str, what: str) -> re.Pattern[str]:

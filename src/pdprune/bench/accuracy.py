@@ -37,6 +37,14 @@ class PlanEntry:
     budgets: tuple[str, ...]
     patterns: tuple[str, ...] = ()
     channel_flops: tuple[float, ...] = ()  # fractions of FLOPs removed by channel pruning
+    channel_scopes: tuple[str, ...] = ("all",)  # Channels(scope=...): "all" groups, or "expansion" ones
+
+    def channel_budgets(self) -> list[tuple[str, str]]:
+        """(budget label, pattern) of each channel scope measured."""
+        if not self.channel_flops:
+            return []
+        return [("channel/flops" if scope == "all" else f"channel/flops/{scope}", "channel" if scope == "all" else f"channel/{scope}")
+                for scope in self.channel_scopes]
 
 
 Plan = Sequence[PlanEntry]
@@ -53,6 +61,7 @@ class PlanSettings:
     image_budgets: tuple[str, ...] = ("global",)
     image_patterns: tuple[str, ...] = ()  # N:M patterns such as "2:4", for the image tasks
     image_channel_flops: tuple[float, ...] = ()  # channel pruning to these fractions of FLOPs removed
+    image_channel_scopes: tuple[str, ...] = ("all",)
     text_budgets: tuple[str, ...] = ("uniform",)
     text_steps: int = 250
     text_lr: float = 1e-4
@@ -78,7 +87,7 @@ def build_plan(
                 test_limit=1000 if quick else None,
             )
             plan.append(PlanEntry(task, (0.9,) if quick else settings.image_sparsities, settings.image_budgets,
-                                  settings.image_patterns, settings.image_channel_flops))
+                                  settings.image_patterns, settings.image_channel_flops, settings.image_channel_scopes))
         elif name == "minilm":
             dense_runs: dict = {}  # the variants share each seed's dense model (and teacher)
             for distill in settings.distill:
@@ -163,7 +172,8 @@ def _targets(cells: list[dict[str, Any]]) -> list[str]:
             if (task, budget, "l1channel", sparsity) in by:
                 other = by[(task, budget, "l1channel", sparsity)]
                 gap = pdp["mean"] - other["mean"]
-                lines.append(f"- {task}, channels at {sparsity:.0%} of FLOPs removed: PDP - L1-norm = {gap:+.2f} points "
+                scope = " (expansion groups only)" if budget.endswith("/expansion") else ""
+                lines.append(f"- {task}, channels{scope} at {sparsity:.0%} of FLOPs removed: PDP - L1-norm = {gap:+.2f} points "
                              f"(L1 sd {other['std']:.2f}); target PDP >= L1: {'met' if gap >= 0 else 'not met'}")
             continue
         if method == "pdp" and ":" in budget:  # N:M: compare with the N:M baselines
@@ -314,14 +324,15 @@ def run_accuracy(
         task = entry.task
         result["tasks"].append(
             task.describe() | {"sparsities": list(entry.sparsities),
-                               "budgets": [*entry.budgets, *entry.patterns, *(["channel/flops"] if entry.channel_flops else [])]}
+                               "budgets": [*entry.budgets, *entry.patterns, *(b for b, _ in entry.channel_budgets())]}
         )
         for seed in grid.seeds:
             # (method, budget rule or N:M pattern, sparsity, pattern or None)
             jobs: list[tuple[str, str, float, str | None]] = [("dense", "dense", 0.0, None)]
             jobs += [(m, b, s, None) for s in entry.sparsities for b in entry.budgets for m in grid.methods]
             jobs += [(m, p, parse_pattern(p).sparsity, p) for p in entry.patterns for m in grid.nm_methods]  # type: ignore[union-attr]
-            jobs += [(m, "channel/flops", f, "channel") for f in entry.channel_flops for m in grid.channel_methods]
+            jobs += [(m, budget, f, pattern) for budget, pattern in entry.channel_budgets() for f in entry.channel_flops
+                     for m in grid.channel_methods]
             for method, budget, sparsity, pattern in jobs:
                 label = f"{task.name} {method} {sparsity:.0%}" + ("" if method == "dense" else f" {budget}") + f" s{seed}"
                 spec = METHODS.get(method)

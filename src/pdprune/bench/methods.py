@@ -52,16 +52,19 @@ class MethodSpec:
     ) -> PruneConfig:
         """The method's config; with an N:M ``pattern``, layers it cannot divide stay dense (the
         stem's single input channel, depthwise convolutions) and the report lists them. Pattern
-        "channel" removes ``sparsity`` of the model's FLOPs by whole channels."""
+        "channel" removes ``sparsity`` of the model's FLOPs by whole channels of every group,
+        "channel/expansion" of the groups that pass through a depthwise convolution only."""
+        channel = pattern is not None and pattern.startswith("channel")
         schedule = Schedule(total_steps=total_steps, warmup=setup.warmup, ramp=setup.ramp, shape=self.shape)
         return PruneConfig(
-            sparsity=None if pattern and pattern != "channel" else sparsity,
+            sparsity=None if pattern and not channel else sparsity,
             schedule=schedule,
             tau=setup.tau,
             budget=setup.budget,  # type: ignore[arg-type]
             filter_fn=filter_fn,
             method=self.make(setup, schedule.ramp_steps),
-            pattern=Channels(unit="flops", tau=setup.channel_tau) if pattern == "channel" else (pattern or "unstructured"),
+            pattern=Channels(unit="flops", tau=setup.channel_tau, scope="expansion" if pattern == "channel/expansion" else "all")
+            if channel else (pattern or "unstructured"),
             indivisible="dense",
         )
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pdprune.channel.declared import apply_removals
 from pdprune.channel.groups import trace
 from pdprune.io import atomic_write, atomic_write_json, ensure_writable_folder
 
@@ -72,6 +73,7 @@ def save_shrunk(pruner: Any, directory: str | os.PathLike[str], example_inputs: 
         "kind": "pdprune shrunk model",
         "class": _class_name(model),
         "removals": pruner.pruning_plan(),
+        "declared": pruner.declared_plan(),
         "example_inputs": pruner.example_spec if example_inputs is None else input_spec(example_inputs),
         "shapes": {name: list(t.shape) for name, t in model.state_dict().items()},
     }
@@ -104,6 +106,8 @@ def load_shrunk(directory: str | os.PathLike[str], build: Callable[..., nn.Modul
     try:
         graph = trace(model, _build(plan["example_inputs"]))
         graph.load_pruning_history([tuple(step) for step in plan["removals"]])
+        declared = plan.get("declared") or {"removals": [], "attributes": {}}
+        apply_removals(dict(model.named_modules()), declared["removals"], declared["attributes"])
     except Exception as error:  # noqa: BLE001 - the model does not take the plan: say what to do
         raise ValueError(
             f"the model build(...) made does not take this checkpoint's plan ({type(error).__name__}: {str(error)[:160]}); "

@@ -112,8 +112,10 @@ def solve_keep(
     """
     channels = {g.name: g.channels for g in groups}
 
+    steps = {g.name: unit_step(g, round_to) for g in groups}
+
     def keep_at(fraction: float) -> dict[str, int]:
-        return {g.name: widths(g.channels, fraction, round_to) for g in groups}
+        return {g.name: widths(g.channels, fraction, steps[g.name]) for g in groups}
 
     if unit == "channels":
         return keep_at(1.0 - sparsity)
@@ -137,12 +139,18 @@ def solve_keep(
     for _ in range(40):
         mid = 0.5 * (low + high)
         low, high = (mid, high) if cost(mid) <= target else (low, mid)
-    return _top_up(keep_at(low), low, groups, costs, channels, index, dense * target, max(1, round_to))
+    return _top_up(keep_at(low), low, groups, costs, channels, index, dense * target, steps)
+
+
+def unit_step(group: ChannelGroup, round_to: int) -> int:
+    """Units a group's width moves by so its kept channels stay multiples of ``round_to`` (a head
+    of 64 channels is already a multiple of 8: one head at a time)."""
+    return max(1, round_to // math.gcd(round_to, group.width))
 
 
 def _top_up(
     keep: dict[str, int], fraction: float, groups: list[ChannelGroup], costs: list[LayerCost],
-    channels: dict[str, int], index: int, allowed: float, step: int,
+    channels: dict[str, int], index: int, allowed: float, steps: dict[str, int],
 ) -> dict[str, int]:
     """Give back channels, ``step`` at a time, while the budget allows.
 
@@ -161,6 +169,7 @@ def _top_up(
     while grew:
         grew = False
         for group in order:
+            step = steps[group.name]
             if keep[group.name] + step > group.channels or (step > 1 and group.channels < step):
                 continue
             keep[group.name] += step

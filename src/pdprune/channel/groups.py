@@ -50,14 +50,45 @@ class ChannelMember:
 
 @dataclass
 class ChannelGroup:
-    """Output channels pruned together, with one shared score and one shared mask."""
+    """Output channels pruned together, with one shared score and one shared mask.
+
+    ``channels`` counts the group's prunable units: output channels for traced groups, or runs
+    of ``width`` consecutive channels (attention heads) for declared ones. ``origin`` is "traced"
+    (found by the dependency graph, removed through it), "heads" (attention heads found by
+    pdprune) or "declared" (a :class:`~pdprune.ChannelGroupSpec`); the last two are removed
+    layer by layer, then ``counts`` ("module.attr" -> "units"/"channels") are updated.
+    """
 
     name: str  # the root module's name
     channels: int
     members: list[ChannelMember]
     consumers: dict[str, int]  # consumer -> input features per group channel (>1 after a flatten)
     root: nn.Module = field(repr=False)
-    root_fn: Callable[..., Any] = field(repr=False)
+    root_fn: Callable[..., Any] | None = field(repr=False)
+    width: int = 1
+    origin: str = "traced"
+    counts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def unit_name(self) -> str:
+        return "heads" if self.origin == "heads" else "channels" if self.width == 1 else "units"
+
+    def has_depthwise(self) -> bool:
+        """Whether the channels pass through a depthwise convolution (an expansion layer)."""
+        return any(isinstance(m.module, _CONV) and m.module.groups > 1 and m.module.groups == m.module.in_channels
+                   for m in self.members)
+
+    def expand(self, per_unit: torch.Tensor) -> torch.Tensor:
+        """A per-unit tensor repeated over each unit's ``width`` consecutive channels."""
+        return per_unit if self.width == 1 else per_unit.repeat_interleave(self.width)
+
+    def per_unit(self, per_channel: torch.Tensor) -> torch.Tensor:
+        """Per-channel scores summed over each unit's channels."""
+        return per_channel if self.width == 1 else per_channel.view(self.channels, self.width).sum(1)
+
+    def channel_indices(self, units: list[int]) -> list[int]:
+        """The channel indices of the given units."""
+        return [u * self.width + i for u in units for i in range(self.width)]
 
     def scored_weights(self) -> list[tuple[torch.Tensor, int]]:
         """The Linear/conv weights of the group's channels (what L1-norm filter pruning ranks)."""
@@ -161,6 +192,8 @@ def find_channel_groups(
     example_inputs: Any,
     keep_module: Callable[[nn.Module, str], bool],
     exclude: Sequence[str] = (),
+    declared: Sequence[Any] = (),
+    heads: bool = False,
 ) -> tuple[Any, list[ChannelGroup], dict[str, str]]:
     """Trace ``model`` on ``example_inputs`` and return (dependency graph, prunable groups,
     {group name: why it is left alone} for groups that cannot or must not be pruned).
@@ -168,7 +201,12 @@ def find_channel_groups(
     A group is left alone when it contains a layer the filter rejects or ``exclude`` matches,
     a layer whose output is a model output (the classifier), or a layer type a mask cannot
     express. ``keep_module(module, name)`` is the config's filter (default: Linear and convs).
+    ``declared`` groups (ChannelGroupSpec) and, with ``heads``, the attention heads found by
+    :func:`~pdprune.channel.declared.attention_head_specs` replace the traced groups they share
+    a layer with; a declared group that cannot be pruned is an error, not a skip.
     """
+    from pdprune.channel.declared import attention_head_specs, build_declared
+
     try:
         import torch_pruning as tp
     except ImportError:  # pragma: no cover - a declared dependency
@@ -184,6 +222,19 @@ def find_channel_groups(
     names = {module: name for name, module in model.named_modules()}
     groups: list[ChannelGroup] = []
     skipped: dict[str, str] = {}
+    special: list[ChannelGroup] = []
+    for spec, origin in [(s, "declared") for s in declared] + [(s, "heads") for s in (attention_head_specs(model) if heads else [])]:
+        if origin == "heads" and any(set(spec.producers) & {m.name for m in g.members} for g in special):
+            continue  # the user declared these heads already
+        built = build_declared(model, spec, origin, outputs, keep_module, exclude)
+        if isinstance(built, str):
+            if origin == "declared":
+                raise ValueError(f"declared channel group {spec.name!r} cannot be pruned: {built}")
+            skipped[spec.name] = built
+        else:
+            special.append(built)
+    claimed_out = {m.name for g in special for m in g.members}
+    claimed_in = {c for g in special for c in g.consumers}
     for group in graph.get_all_groups(ignored_layers=[], root_module_types=SCORED_TYPES):
         root_item = group[0]
         root = root_item.dep.target.module
@@ -222,14 +273,27 @@ def find_channel_groups(
                 reasons.append(f"{name} is excluded")
             if all(m.module is not target for m in members):
                 members.append(member)
+        if {m.name for m in members} & claimed_out or set(consumers) & claimed_in:
+            continue  # a declared group (or attention heads) covers these layers
         if reasons or not any(m.scored for m in members):
             skipped[root_name] = "; ".join(dict.fromkeys(reasons)) or "no prunable weights"
             continue
         channels = len(root_item.idxs)
         per_channel = {name: max(1, count // channels) for name, count in consumers.items()}
         groups.append(ChannelGroup(root_name, channels, members, per_channel, root, root_item.dep.handler))
+    taken = {g.name for g in groups} | set(skipped)
+    clash = [g.name for g in special if g.name in taken]
+    if clash:
+        raise ValueError(f"declared channel group name(s) {clash} are already names of traced groups (their root "
+                         f"layers); choose other names")
+    groups += special
     for name, why in _unfaithful_removals(model, example_inputs, groups).items():
         skipped[name] = why
+    refused = [g for g in special if g.origin == "declared" and g.name in skipped]
+    if refused:
+        raise ValueError(f"declared channel group {refused[0].name!r} cannot be removed faithfully: {skipped[refused[0].name]}. "
+                         f"Check its producers, consumers and units, and that the module's forward reads its size from "
+                         f"the attributes in counts (or infers it, e.g. view(..., -1, head_dim)).")
     groups = [g for g in groups if g.name not in skipped]
     return graph, groups, skipped
 
@@ -237,6 +301,7 @@ def find_channel_groups(
 def zero_channels(group: ChannelGroup, keep: torch.Tensor, modules: dict[str, nn.Module] | None = None) -> None:
     """Zero the channels ``keep`` drops in every producer of ``group`` (weight rows, bias, norm
     affine), in place; ``modules`` maps names to the modules of another copy of the model."""
+    keep = group.expand(keep)
     with torch.no_grad():
         for member in group.members:
             module = modules[member.name] if modules is not None else member.module
@@ -263,6 +328,8 @@ def _unfaithful_removals(model: nn.Module, example_inputs: Any, groups: list[Cha
     """
     import copy
 
+    from pdprune.channel.declared import remove_units
+
     def trial_channels(g: ChannelGroup) -> list[int]:
         return sorted({0, g.channels // 2, g.channels - 1} - ({0} if g.channels == 2 else set()))
 
@@ -279,9 +346,13 @@ def _unfaithful_removals(model: nn.Module, example_inputs: Any, groups: list[Cha
             graph = trace(trial, example_inputs)
             by_name = dict(trial.named_modules())
             for g in chosen:
-                root = by_name[g.name]
-                fn = graph.get_pruner_of_module(root).prune_out_channels
-                graph.get_pruning_group(root, fn, trial_channels(g)).prune()
+                if g.origin == "traced":
+                    root = by_name[g.name]
+                    fn = graph.get_pruner_of_module(root).prune_out_channels
+                    graph.get_pruning_group(root, fn, trial_channels(g)).prune()
+            for g in chosen:
+                if g.origin != "traced":
+                    remove_units(g, trial_channels(g), by_name)
             with torch.no_grad():
                 actual = _flatten(_call(trial, example_inputs))
         except Exception as error:  # noqa: BLE001 - any failure means the removal is not faithful

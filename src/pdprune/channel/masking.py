@@ -27,6 +27,7 @@ class ChannelMaskState:
         self.progress = 0.0  # fraction of the ramp done; 0 means no mask at all
         self.temperature_scale = 1.0  # shrinks to 0 after the ramp: exact 0/1 masks before hardening
         self.epoch = 0  # bumped every optimizer step
+        self.calls = 0  # training forwards of the group's producers, to catch graphs that bypass the hooks
         self._cached: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
     def scores(self) -> torch.Tensor:
@@ -34,14 +35,14 @@ class ChannelMaskState:
         for weight, _ in weights:
             if not bool(torch.isfinite(weight.detach().abs().max())):  # max is NaN or inf iff some element is
                 check_finite(weight, f"a weight of channel group {self.group.name}")
-        return channel_scores(weights)
+        return self.group.per_unit(channel_scores(weights))
 
     def hard_keep(self) -> torch.Tensor:
         """The channels hardening keeps: the fixed L1 choice, or PDP's highest scores now."""
         if self.one_shot_l1:
             if self.fixed is not None:
                 return self.fixed
-            keep = channel_keep(channel_scores(self.group.scored_weights(), norm="l1"), self.keep)
+            keep = channel_keep(self.group.per_unit(channel_scores(self.group.scored_weights(), norm="l1")), self.keep)
             if self.progress > 0.0:  # chosen once pruning starts; a look during warm-up fixes nothing
                 self.fixed = keep
             return keep
@@ -60,7 +61,7 @@ class ChannelMaskState:
             return torch.ones(channels, device=self.group.scored_weights()[0][0].device)
         if self.temperature_scale <= 0.0:
             return channel_keep(self.scores(), keep_now).float()
-        live = channel_scores(self.group.scale_weights(), detach=False)
+        live = self.group.per_unit(channel_scores(self.group.scale_weights(), detach=False))
         key = (self.epoch, keep_now, *((id(w), w._version) for w, _ in self.group.scale_weights()))
         if self._cached is None or self._cached[0] != key:
             self.scores()  # NaN check
@@ -82,9 +83,9 @@ class ChannelHook:
         self._stash: list[list[tuple[str, nn.Parameter]]] = []
 
     def before(self, module: nn.Module, args: Any) -> None:
-        if self.state.progress == 0.0:
+        if not self._enter(module.training):
             return
-        m = self.state.mask()
+        m = self.state.group.expand(self.state.mask())
         saved = []
         for name, dim in self.member.channel_params():
             parameter = module._parameters[name]
@@ -94,6 +95,13 @@ class ChannelHook:
             saved.append((name, parameter))
             module._parameters[name] = (parameter * m.view(shape).to(parameter.dtype))  # type: ignore[assignment]
         self._stash.append(saved)
+
+    @torch.compiler.disable
+    def _enter(self, training: bool) -> bool:
+        """Count a training call; True when a mask is in force."""
+        if training:
+            self.state.calls += 1
+        return self.state.progress != 0.0
 
     def after(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._stash:

@@ -18,11 +18,13 @@ from torch import nn
 
 from pdprune.channel.costs import LayerCost, measure_costs, solve_keep
 from pdprune.channel.checkpoint import input_spec
+from pdprune.channel.declared import remove_units
 from pdprune.channel.groups import find_channel_groups, zero_channels
 from pdprune.channel.masking import ChannelHook, ChannelMaskState
 from pdprune.channel.report import ChannelLayerReport, ChannelReport
 from pdprune.config import PruneConfig
 from pdprune.baselines.channel import L1Channel
+from pdprune.nn.pruner import MASKS_BYPASSED
 from pdprune.nn.selection import default_filter
 
 __all__ = ["ChannelPruner"]
@@ -40,13 +42,20 @@ class ChannelPruner:
         self.config = config
         keep_module = config.filter_fn or default_filter
         self.example_spec = input_spec(example_inputs)  # fails now, not after training, if it cannot be saved
-        self.graph, groups, self.skipped = find_channel_groups(model, example_inputs, keep_module, config.exclude)
+        self.graph, groups, self.skipped = find_channel_groups(
+            model, example_inputs, keep_module, config.exclude, declared=pattern.groups, heads=pattern.heads
+        )
         if config.include:
             chosen = [g for g in groups if any(re.search(p, m.name) for p in config.include for m in g.members)]
             for g in groups:
                 if g not in chosen:
                     self.skipped[g.name] = "not matched by include"
             groups = chosen
+        if pattern.scope == "expansion":
+            for g in groups:
+                if not g.has_depthwise():
+                    self.skipped[g.name] = "outside scope='expansion' (no depthwise convolution in the group)"
+            groups = [g for g in groups if g.has_depthwise()]
         if not groups:
             reasons = "; ".join(f"{k}: {v}" for k, v in list(self.skipped.items())[:6]) or "no Linear or convolution"
             raise ValueError(
@@ -66,17 +75,23 @@ class ChannelPruner:
         self.step_count = 0
         self.finalized = False
         self.shrunk = False
+        self._declared_removals: list[list[Any]] = []
+        self._declared_attributes: dict[str, int] = {}
         self._model_params_before = _count(model)
+        self._calls_at_last_step = 0
+        self._versions_at_last_step = self._versions()
         self._update()
 
     # ----------------------------------------------------------------- lifecycle
     def step(self) -> None:
         """Advance the schedule by one optimizer step."""
         self._require(finalized=False)
+        self._check_masks_ran()
         self.step_count += 1
         for state in self.states.values():
             state.epoch += 1
         self._update()
+        self._versions_at_last_step = self._versions()
 
     def finalize(self) -> ChannelReport:
         """Keep exactly the budgeted channels of each group (highest scores), zero the others in
@@ -114,8 +129,14 @@ class ChannelPruner:
             )
         for name, group in self.groups.items():
             pruned = (~self.kept[name]).nonzero().flatten().tolist()
-            if pruned:
+            if pruned and group.origin == "traced":
                 self.graph.get_pruning_group(group.root, group.root_fn, pruned).prune()
+        modules = dict(self.model.named_modules())
+        for name, group in self.groups.items():
+            if group.origin != "traced":
+                removals, attributes = remove_units(group, (~self.kept[name]).nonzero().flatten().tolist(), modules)
+                self._declared_removals += removals
+                self._declared_attributes |= attributes
         self.shrunk = True
         return self.model
 
@@ -140,6 +161,14 @@ class ChannelPruner:
             raise RuntimeError("call shrink() first: the plan records the removals it made")
         return [[name, bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in self.graph.pruning_history()]
 
+    def declared_plan(self) -> dict[str, Any]:
+        """The layer-by-layer removals and size attributes of attention heads and declared groups,
+        applied after :meth:`pruning_plan`'s (empty when there are none)."""
+        self._require(finalized=True)
+        if not self.shrunk:
+            raise RuntimeError("call shrink() first: the plan records the removals it made")
+        return {"removals": [list(r) for r in self._declared_removals], "attributes": dict(self._declared_attributes)}
+
     def report(self) -> ChannelReport:
         channels = {name: g.channels for name, g in self.groups.items()}
         layers = []
@@ -157,6 +186,7 @@ class ChannelPruner:
             unit=self.config.channels.unit,  # type: ignore[union-attr]
             target_sparsity=self.config.sparsity,
             groups={name: (g.channels, self.keep[name]) for name, g in self.groups.items()},
+            group_units={name: (g.unit_name, g.width) for name, g in self.groups.items() if g.width > 1 or g.origin != "traced"},
             layers=layers,
             skipped=dict(self.skipped),
             model_params=(self._model_params_before, _count(self.model) if self.shrunk else self._model_params_before - removed),
@@ -191,6 +221,20 @@ class ChannelPruner:
         self._update()
 
     # ----------------------------------------------------------------- internals
+    def _versions(self) -> list[int]:
+        return [weight._version for g in self.groups.values() for weight, _ in g.scored_weights()]
+
+    def _check_masks_ran(self) -> None:
+        """Raise if channel masks were in force and the weights were updated, but no producer ran
+        its mask since the last step (a compiled graph that bypasses the hooks; see MASKS_BYPASSED)."""
+        calls = sum(state.calls for state in self.states.values())
+        in_force = any(state.progress > 0.0 for state in self.states.values())
+        updated = self._versions() != self._versions_at_last_step
+        ran = calls != self._calls_at_last_step
+        self._calls_at_last_step = calls
+        if in_force and updated and not ran:
+            raise RuntimeError(MASKS_BYPASSED.replace("pruned layer", "channel-pruned layer"))
+
     def _fingerprint(self) -> dict[str, Any]:
         return {"config": self.config.fingerprint(),
                 "groups": {n: [g.channels, self.keep[n]] for n, g in self.groups.items()}}
@@ -225,6 +269,7 @@ def settle_fraction(step: int, ramp_end: int, total: int) -> float:
 
 
 def _nonzero_in_pruned(group: Any, keep: torch.Tensor) -> bool:
+    keep = group.expand(keep)
     for member in group.members:
         for param_name, dim in member.channel_params():
             parameter = getattr(member.module, param_name).detach()

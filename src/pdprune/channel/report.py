@@ -37,6 +37,7 @@ class ChannelReport:
     shrunk: bool
     step: int
     extra: dict[str, Any] = field(default_factory=dict)
+    group_units: dict[str, tuple[str, int]] = field(default_factory=dict)  # group -> (unit, channels per unit), if not channels
 
     @property
     def pattern(self) -> str:
@@ -57,8 +58,9 @@ class ChannelReport:
 
     @property
     def channel_sparsity(self) -> float:
-        total = sum(c for c, _ in self.groups.values())
-        return 1.0 - sum(k for _, k in self.groups.values()) / total
+        width = {name: self.group_units.get(name, ("channels", 1))[1] for name in self.groups}
+        total = sum(c * width[n] for n, (c, _) in self.groups.items())
+        return 1.0 - sum(k * width[n] for n, (_, k) in self.groups.items()) / total
 
     @property
     def achieved_sparsity(self) -> float:
@@ -81,7 +83,7 @@ class ChannelReport:
             "finalized": self.finalized,
             "shrunk": self.shrunk,
             "step": self.step,
-            "groups": {k: {"channels": c, "kept": kept} for k, (c, kept) in self.groups.items()},
+            "groups": {k: {"channels": c, "kept": kept, **self._unit_entry(k)} for k, (c, kept) in self.groups.items()},
             "skipped_groups": dict(self.skipped),
             "layers": [asdict(l) for l in self.layers],
             **({"extra": self.extra} if self.extra else {}),
@@ -104,13 +106,26 @@ class ChannelReport:
         p0, p1 = self.params
         m0, m1 = self.macs
         state = "removed" if self.shrunk else ("zeroed, not yet removed" if self.finalized else "masks not yet hardened")
+        width = {name: self.group_units.get(name, ("channels", 1))[1] for name in self.groups}
         body.append(
-            f"channels: {self.channel_sparsity:.1%} of {sum(c for c, _ in self.groups.values()):,} in "
+            f"channels: {self.channel_sparsity:.1%} of {sum(c * width[n] for n, (c, _) in self.groups.items()):,} in "
             f"{len(self.groups)} groups pruned ({state}); params -{1 - p1 / p0:.1%}, MACs -{1 - m1 / m0:.1%}; "
             f"target {self.target_sparsity:.0%} of {self.unit}"
         )
+        units: dict[str, list[tuple[int, int]]] = {}
+        for name, (unit, _) in self.group_units.items():
+            units.setdefault(unit, []).append(self.groups[name])
+        for unit, counts in units.items():
+            body.append(f"{unit}: {sum(k for _, k in counts)} of {sum(c for c, _ in counts)} kept in {len(counts)} groups "
+                        f"(each {unit[:-1] if unit.endswith('s') else unit} is removed whole)")
         body += [f"left alone: {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(body)
+
+    def _unit_entry(self, group: str) -> dict[str, Any]:
+        if group not in self.group_units:
+            return {}
+        unit, width = self.group_units[group]
+        return {"unit": unit, "channels_per_unit": width}
 
     def save(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Write report.json and report.txt atomically into ``directory``."""

@@ -25,6 +25,15 @@ from pdprune.nn.selection import PrunedTensor, select_tensors
 from pdprune.pattern import NM, reduction_dim, reduction_group_size
 from pdprune.report import LayerReport, PruneReport
 
+MASKS_BYPASSED = (
+    "masks were in force but no pruned layer ran its mask in a training forward since the last "
+    "pruner.step(). Either the forward bypassed pdprune's hooks, which happens with torch.compile when "
+    "the model (or another instance of its class) was compiled before pdprune.prepare(): compile after "
+    "prepare() in a fresh process, or set torch._dynamo.config.skip_nnmodule_hook_guards = False before "
+    "compiling; or the weights were updated without a forward in training mode (model.train()) since "
+    "the last step: call step() once per optimizer step, after the training forward and backward."
+)
+
 __all__ = ["Pruner", "prepare"]
 
 STATE_FORMAT = 1
@@ -305,14 +314,7 @@ class Pruner:
         updated = versions != self._versions_at_last_step
         self._calls_at_last_step, self._versions_at_last_step = calls, versions
         if in_force and updated and not ran:
-            raise RuntimeError(
-                "masks were in force but no pruned layer ran its mask in a training forward since the last "
-                "pruner.step(). Either the forward bypassed pdprune's hooks, which happens with torch.compile when "
-                "the model (or another instance of its class) was compiled before pdprune.prepare(): compile after "
-                "prepare() in a fresh process, or set torch._dynamo.config.skip_nnmodule_hook_guards = False before "
-                "compiling; or the weights were updated without a forward in training mode (model.train()) since "
-                "the last step: call step() once per optimizer step, after the training forward and backward."
-            )
+            raise RuntimeError(MASKS_BYPASSED)
 
     def _check_layers_called(self) -> None:
         calls = {name: s.calls for name, s in self.states.items()}
