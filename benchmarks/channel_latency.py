@@ -124,9 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         lines.append(f"| {r['model']} | {r.get('scope', 'all')} | {r['round_to']} | {r['memory_format']} | {r['batch']} | {r['params'][0]:,} -> {r['params'][1]:,} | {r['flops_removed']:.1%} | "
                      f"{r['dense_ms']:.1f} | {r['pruned_ms']:.1f} | {r['speedup']:.2f}x | {r['max_relative_output_error']:.1e} |")
-    lines += ["", "Target (issue: structured pruning): shrunk at 50% FLOPs >= 1.6x faster than dense. " + ", ".join(
+    at_half = [r for r in rows if abs(r["flops_target"] - 0.5) < 1e-9]
+    floor = [r for r in rows if r["flops_target"] >= 0.9]
+    if floor:
+        lines += ["", "Near-total FLOPs removal shows the time that does not shrink with channels (per-layer dispatch, "
+                  "memory-bound norms and activations at small shapes): " + "; ".join(
+                      f"{r['model']} b{r['batch']}: {r['pruned_ms']:.1f} ms = {r['pruned_ms'] / r['dense_ms']:.0%} of dense "
+                      f"with {r['flops_removed']:.0%} of FLOPs removed" for r in floor)
+                  + ". If time were that part plus a part proportional to FLOPs, removing 50% of FLOPs could give at most "
+                  + "; ".join(f"{r['model']} b{r['batch']}: {1 / (r['pruned_ms'] / r['dense_ms'] + (1 - r['pruned_ms'] / r['dense_ms']) * 0.5):.2f}x"
+                              for r in floor if r["flops_target"] == max(f["flops_target"] for f in floor)) + "."]
+    if at_half:
+        lines += ["", "Target (issue: structured pruning): shrunk at 50% FLOPs >= 1.6x faster than dense. " + ", ".join(
         f"{r['model']} ({r.get('scope', 'all')}, round {r['round_to']}, {r['memory_format']}) b{r['batch']}: "
-        f"{'met' if r['speedup'] >= 1.6 else 'not met'}" for r in rows if abs(r["flops_target"] - 0.5) < 1e-9)]
+        f"{'met' if r['speedup'] >= 1.6 else 'not met'}" for r in at_half)]
     atomic_write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {stem}.json and .md")
     return 0

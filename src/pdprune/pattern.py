@@ -94,9 +94,9 @@ class Channels:
     (:class:`ChannelGroupSpec`); a traced group sharing a layer with one is dropped.
     ``scope``: "all" groups share the budget, or only the "expansion" groups, those whose channels
     pass through a depthwise convolution (the hidden layers of inverted-residual and separable
-    blocks); the narrow residual streams stay whole. On MobileNetV2 at 50% of FLOPs the latter ran
-    1.49x / 2.87x faster than dense at batch 1 / 32 on 2 CPU cores, uniform pruning of every group
-    1.35x / 1.62x (benchmarks/results/channel_latency_cpu-2core.md).
+    blocks); the narrow residual streams stay whole. On MobileNetV2 at 50% of FLOPs (224x224,
+    channels_last, widths rounded to 8, 2 CPU cores) the latter ran 1.45x / 2.77x faster than dense
+    at batch 1 / 32, every group alike 1.26x / 1.56x (benchmarks/results/channel_latency_cpu-2core.md).
     """
 
     unit: Literal["channels", "params", "flops"] = "channels"
