@@ -90,6 +90,7 @@ def test_shrunk_model_computes_what_the_masked_model_computes(build, inputs):
     assert float((shrunk - masked).norm() / masked.norm()) < 1e-5  # noqa
     # what the report predicted is what removal produced
     assert _conv_linear_params(model) == report.params[1] < report.params[0]
+    assert sum(p.numel() for p in model.parameters()) == report.model_params[1]  # norms' parameters included
     for name, (channels, kept) in report.groups.items():
         assert kept == round(0.5 * channels)
     assert pruner.report().shrunk and "removed" in pruner.report().to_text()

@@ -13,6 +13,7 @@ from pdprune.method import PDP, MaskMethod
 from pdprune.nn import DEFAULT_LAYER_TYPES, Pruner, default_filter, prepare
 from pdprune.pattern import NM, ChannelGroupSpec, Channels
 from pdprune.channel import ChannelPruner, ChannelReport, load_shrunk, save_shrunk
+from pdprune.semi_structured import accelerate_2to4
 from pdprune.report import LayerReport, PruneReport
 from pdprune.schedule import Schedule
 
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChannelPruner",
+    "accelerate_2to4",
     "ChannelReport",
     "ChannelGroupSpec",
     "Channels",

@@ -182,6 +182,9 @@ class ChannelPruner:
                 (cost.params, params), (cost.macs, macs),
             ))
         removed = sum(c.params - c.after(self.keep, channels)[0] for c in self.costs)
+        # Per-channel parameters outside Linear/conv layers (norm affine) go with their channels too.
+        removed += sum((g.channels - self.keep[name]) * g.width * len(m.channel_params())
+                       for name, g in self.groups.items() for m in g.members if not m.scored)
         return ChannelReport(
             unit=self.config.channels.unit,  # type: ignore[union-attr]
             target_sparsity=self.config.sparsity,
