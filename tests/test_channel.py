@@ -425,3 +425,12 @@ def test_expansion_scope_prunes_only_groups_through_a_depthwise_conv():
         pdprune.prepare(SmallResNet(), _config(scope="expansion"), example_inputs=x)
     with pytest.raises(ValueError, match="scope"):
         pdprune.Channels(scope="hidden")
+
+
+def test_grouped_convolutions_are_left_alone_with_a_plain_reason():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3, groups=4), nn.ReLU(),
+                          nn.Conv2d(32, 16, 1), nn.ReLU(), nn.Conv2d(16, 8, 1))
+    pruner = pdprune.prepare(model, _config(), example_inputs=torch.randn(1, 3, 12, 12))
+    assert set(pruner.groups) == {"4"}  # only the 1x1 conv after the grouped one
+    assert "2 is a grouped convolution (groups=4)" in pruner.skipped["0"]
+    assert "2 is a grouped convolution (groups=4)" in pruner.skipped["2"]

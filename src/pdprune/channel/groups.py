@@ -250,6 +250,10 @@ def find_channel_groups(
             name = names.get(target)
             if name is None:
                 continue  # an operation node (add, cat, ...) of the traced graph
+            if isinstance(target, _CONV) and target.groups > 1 and not target.groups == target.in_channels == target.out_channels:
+                reasons.append(f"{name} is a grouped convolution (groups={target.groups}): its channels could only go a "
+                               f"whole group's worth at a time, which channel pruning does not do; exclude it or prune N:M")
+                continue
             if not graph.is_out_channel_pruning_fn(item.dep.handler):
                 consumers[name] = consumers.get(name, 0) + len(item.idxs)
                 continue
