@@ -189,7 +189,7 @@ class ChannelPruner:
             unit=self.config.channels.unit,  # type: ignore[union-attr]
             target_sparsity=self.config.sparsity,
             groups={name: (g.channels, self.keep[name]) for name, g in self.groups.items()},
-            group_units={name: (g.unit_name, g.width) for name, g in self.groups.items() if g.width > 1 or g.origin != "traced"},
+            group_units={name: (g.unit_name, g.width) for name, g in self.groups.items() if g.width > 1},
             layers=layers,
             skipped=dict(self.skipped),
             model_params=(self._model_params_before, _count(self.model) if self.shrunk else self._model_params_before - removed),
