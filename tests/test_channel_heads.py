@@ -208,3 +208,53 @@ def test_head_budgets_round_to_whole_heads_and_count_their_channels():
         assert (pruner.keep[name] * 4) % 8 == 0
     before, after = pruner.report().macs
     assert 0.4 * before <= after <= 0.5 * before  # the FLOPs budget is met, not overshot by far
+
+
+def test_three_heads_are_tried_with_one_left_and_norms_without_running_stats_count_their_channels():
+    ids = torch.randint(0, 50, (4, 7))
+    pruner = pdprune.prepare(HeadEncoder(d=24, heads=3), _config(groups=block_specs(units=3)), example_inputs=ids)
+    assert pruner.groups["blocks.0.heads"].channels == 3
+
+    class ConvNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, track_running_stats=False)
+            self.conv2 = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.conv2(torch.relu(self.bn1(self.conv1(x)))).mean((2, 3))
+
+    spec = pdprune.ChannelGroupSpec("g", producers=("conv1", "bn1"), consumers=("conv2",), units=4)
+    pruner = pdprune.prepare(ConvNet(), _config(groups=(spec,)), example_inputs=torch.randn(2, 3, 8, 8))
+    assert pruner.groups["g"].width == 2
+
+
+def test_a_producer_whose_weights_are_read_directly_is_an_error_at_the_first_step():
+    class Fused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(50, 16)
+            self.q, self.k, self.v, self.o = (nn.Linear(16, 16) for _ in range(4))
+            self.ff1, self.ff2 = nn.Linear(16, 32), nn.Linear(32, 16)
+            self.head = nn.Linear(16, 2)
+
+        def forward(self, ids):
+            x = self.embed(ids)
+            b, t, _ = x.shape
+            qkv = nn.functional.linear(x, torch.cat([self.q.weight, self.k.weight, self.v.weight]),
+                                       torch.cat([self.q.bias, self.k.bias, self.v.bias]))
+            q, k, v = (part.reshape(b, t, -1, 4).transpose(1, 2) for part in qkv.chunk(3, -1))
+            mixed = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+            x = x + self.o(mixed.transpose(1, 2).reshape(b, t, -1))
+            x = x + self.ff2(torch.relu(self.ff1(x)))
+            return self.head(x.mean(1))
+
+    ids = torch.randint(0, 50, (3, 5))
+    spec = pdprune.ChannelGroupSpec("heads", producers=("q", "k", "v"), consumers=("o",), units=4)
+    model = Fused()
+    pruner = pdprune.prepare(model, _config(groups=(spec,)), example_inputs=ids)
+    model(ids).sum().backward()
+    with pytest.raises(RuntimeError, match=r"never called through their forward\(\).*q \(group heads\)"):
+        pruner.step()
+    with pytest.raises(ValueError, match="more than once"):
+        pdprune.ChannelGroupSpec("g", producers=("q", "q"))

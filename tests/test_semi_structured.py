@@ -56,3 +56,15 @@ def test_on_a_gpu_layers_go_sparse_only_past_the_bar_and_outputs_hold():
     with torch.no_grad():
         actual = model(x)
     assert float((actual - expected).abs().max() / expected.abs().max()) < 1e-2
+
+
+def test_the_output_check_fails_on_nan_and_on_outputs_that_do_not_match_up():
+    from pdprune.semi_structured import _worst_relative_error
+
+    expected = torch.tensor([1.0, -2.0, 4.0])
+    assert _worst_relative_error(expected, expected.clone()) == 0.0
+    assert _worst_relative_error(expected, torch.tensor([1.0, -2.0, 4.4])) == pytest.approx(0.1)
+    nan = _worst_relative_error(expected, torch.tensor([1.0, float("nan"), 4.0]))
+    assert not nan <= 1.0  # NaN never passes a tolerance
+    assert not _worst_relative_error((expected,), (expected[:2],)) <= 1.0
+    assert not _worst_relative_error((expected, expected), (expected,)) <= 1.0

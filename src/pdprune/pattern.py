@@ -66,6 +66,10 @@ class ChannelGroupSpec:
             object.__setattr__(self, what, tuple(value))
         if not self.producers:
             raise ValueError(f"ChannelGroupSpec {self.name!r} needs at least one producer module")
+        listed = [*self.producers, *self.consumers]
+        if len(set(listed)) != len(listed):
+            raise ValueError(f"ChannelGroupSpec {self.name!r} lists "
+                             f"{sorted({n for n in listed if listed.count(n) > 1})} more than once")
         if self.units is not None and (isinstance(self.units, bool) or not isinstance(self.units, int) or self.units < 1):
             raise ValueError(f"ChannelGroupSpec(units=...) must be a positive int or None, got {self.units!r}")
         for path, what in dict(self.counts).items():

@@ -115,12 +115,12 @@ def accelerate_2to4(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            expected = _call(model, example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    try:
+        try:
+            with torch.no_grad():
+                expected = _call(model, example_inputs)
+        finally:
+            for h in handles:
+                h.remove()
         return _swap(model, candidates, shapes, expected, example_inputs, device, min_speedup, repeats, tolerance)
     finally:
         model.train(was_training)
@@ -158,15 +158,37 @@ def _swap(
                 layer.weight = nn.Parameter(sparse_weight, requires_grad=False)
             decisions.append(LayerDecision(**entry, dense_ms=dense_ms, sparse_ms=sparse_ms, sparse=use, reason=reason))
         if swapped:
-            actual = _call(model, example_inputs)
-            worst = max(float((e.float() - a.float()).abs().max() / e.float().abs().max().clamp(min=1e-12))
-                        for e, a in zip(_tensors(expected), _tensors(actual)))
-            if worst > tolerance:
-                for name, weight in swapped.items():
-                    candidates[name].weight = weight
+            try:
+                actual = _call(model, example_inputs)
+                worst = _worst_relative_error(expected, actual)
+            except Exception:
+                _restore(candidates, swapped)
+                raise
+            if not worst <= tolerance:  # NaN fails too
+                _restore(candidates, swapped)
                 raise RuntimeError(f"with sparse weights the outputs changed by {worst:.2e} (relative), above "
                                    f"{tolerance:g}; every layer was set back to its dense weight")
     return decisions
+
+
+def _restore(candidates: dict[str, nn.Linear], swapped: dict[str, nn.Parameter]) -> None:
+    for name, weight in swapped.items():
+        candidates[name].weight = weight
+
+
+def _worst_relative_error(expected: Any, actual: Any) -> float:
+    """The largest |expected - actual| over each output's largest |expected|; NaN if any output is
+    not finite or the outputs do not match up."""
+    pairs = list(zip(_tensors(expected), _tensors(actual)))
+    if len(pairs) != len(_tensors(expected)) or any(e.shape != a.shape for e, a in pairs):
+        return float("nan")
+    worst = 0.0
+    for e, a in pairs:
+        e, a = e.float(), a.float()
+        if not bool(torch.isfinite(a).all()):
+            return float("nan")
+        worst = max(worst, float((e - a).abs().max() / e.abs().max().clamp(min=1e-12)))
+    return worst
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:

@@ -60,9 +60,11 @@ def _channels(module: nn.Module, output_side: bool) -> int | None:
         return module.out_features if output_side else module.in_features
     if isinstance(module, _CONV):
         return module.out_channels if output_side else module.in_channels
-    running = getattr(module, "running_mean", None)
-    if isinstance(module, _NORMS) and isinstance(running, torch.Tensor):
-        return int(running.shape[0])
+    if isinstance(module, _NORMS):
+        for tensor in (getattr(module, "weight", None), getattr(module, "running_mean", None)):
+            if isinstance(tensor, torch.Tensor):
+                return int(tensor.shape[0])
+        return int(module.num_features)
     return None
 
 

@@ -286,10 +286,12 @@ def find_channel_groups(
         per_channel = {name: max(1, count // channels) for name, count in consumers.items()}
         groups.append(ChannelGroup(root_name, channels, members, per_channel, root, root_item.dep.handler))
     taken = {g.name for g in groups} | set(skipped)
-    clash = [g.name for g in special if g.name in taken]
+    names_special = [g.name for g in special]
+    clash = [g.name for g in special if g.name in taken or names_special.count(g.name) > 1]
     if clash:
-        raise ValueError(f"declared channel group name(s) {clash} are already names of traced groups (their root "
-                         f"layers); choose other names")
+        raise ValueError(f"declared channel group name(s) {sorted(set(clash))} are already taken by traced groups (named "
+                         f"after their root layers) or attention-head groups (named after the attention module); "
+                         f"choose other names")
     groups += special
     for name, why in _unfaithful_removals(model, example_inputs, groups).items():
         skipped[name] = why
@@ -335,7 +337,8 @@ def _unfaithful_removals(model: nn.Module, example_inputs: Any, groups: list[Cha
     from pdprune.channel.declared import remove_units
 
     def trial_channels(g: ChannelGroup) -> list[int]:
-        return sorted({0, g.channels // 2, g.channels - 1} - ({0} if g.channels == 2 else set()))
+        chosen = sorted({0, g.channels // 2, g.channels - 1})
+        return chosen[1:] if len(chosen) >= g.channels else chosen  # always keep one
 
     def attempt(chosen: list[ChannelGroup]) -> str | None:
         trial = copy.deepcopy(model).eval()

@@ -80,6 +80,7 @@ class ChannelHook:
     def __init__(self, state: ChannelMaskState, member: ChannelMember) -> None:
         self.state = state
         self.member = member
+        self.calls = 0  # training forwards of this producer
         self._stash: list[list[tuple[str, nn.Parameter]]] = []
 
     def before(self, module: nn.Module, args: Any) -> None:
@@ -100,6 +101,7 @@ class ChannelHook:
     def _enter(self, training: bool) -> bool:
         """Count a training call; True when a mask is in force."""
         if training:
+            self.calls += 1
             self.state.calls += 1
         return self.state.progress != 0.0
 

@@ -68,9 +68,13 @@ class ChannelPruner:
         l1 = isinstance(config.method, L1Channel)
         self.states = {g.name: ChannelMaskState(g, self.keep[g.name], pattern.tau, one_shot_l1=l1) for g in groups}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._hooks: list[ChannelHook] = []
         for g in groups:
             for member in g.members:
-                self._handles += ChannelHook(self.states[g.name], member).attach(member.module)
+                hook = ChannelHook(self.states[g.name], member)
+                self._hooks.append(hook)
+                self._handles += hook.attach(member.module)
+        self._checked_calls = False
         self.kept: dict[str, torch.Tensor] | None = None  # per group, fixed by finalize()
         self.step_count = 0
         self.finalized = False
@@ -86,6 +90,8 @@ class ChannelPruner:
     def step(self) -> None:
         """Advance the schedule by one optimizer step."""
         self._require(finalized=False)
+        if not self._checked_calls:
+            self._check_producers_called()
         self._check_masks_ran()
         self.step_count += 1
         for state in self.states.values():
@@ -226,6 +232,20 @@ class ChannelPruner:
     # ----------------------------------------------------------------- internals
     def _versions(self) -> list[int]:
         return [weight._version for g in self.groups.values() for weight, _ in g.scored_weights()]
+
+    def _check_producers_called(self) -> None:
+        """After the first training forward, every producer must have run through its forward():
+        one whose weights a parent reads directly (F.linear(x, layer.weight)) never gets its mask."""
+        if not any(hook.calls for hook in self._hooks):
+            return  # no forward in training mode yet: nothing to judge
+        self._checked_calls = True
+        never = [f"{hook.member.name} (group {hook.state.group.name})" for hook in self._hooks if hook.calls == 0]
+        if never:
+            raise RuntimeError(
+                f"{len(never)} channel-pruned layer(s) were never called through their forward() during the first "
+                f"training step, so their channel masks cannot apply: {', '.join(never[:6])}. A parent module reads "
+                f"their weights directly; exclude them (PruneConfig(exclude=[...])) or declare the group without them."
+            )
 
     def _check_masks_ran(self) -> None:
         """Raise if channel masks were in force and the weights were updated, but no producer ran
