@@ -317,7 +317,7 @@ def test_threshold_reused_within_a_step_and_recomputed_after_update(monkeypatch)
     real = masking.midpoint_threshold
     monkeypatch.setattr(masking, "midpoint_threshold", lambda w, r, **kw: calls.append(1) or real(w, r, **kw))
     model = mlp()
-    pruner = pdprune.prepare(model, config(warmup=0))
+    pruner = pdprune.prepare(model, config(warmup=0, method=pdprune.PDP(threshold_tolerance=0.0)))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     for _ in range(3):  # gradient accumulation: three forwards, one update
         model(torch.randn(4, 16)).sum().backward()

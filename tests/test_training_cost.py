@@ -217,3 +217,22 @@ def test_step_without_forward_or_update_only_advances_the_schedule():
     for _ in range(5):
         pruner.step()
     assert pruner.step_count == 5
+
+
+def test_step_cost_benchmark_writes_every_method_and_threshold_counts(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("step_cost", Path(__file__).resolve().parent.parent / "benchmarks" / "step_cost.py")
+    step_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_cost)
+    assert step_cost.main(["--models", "resnet", "--steps", "2", "--warmup", "1", "--phase", "after",
+                           "--out", str(tmp_path), "--tag", "t"]) == 0
+    result = json.loads((tmp_path / "step_cost_t-after-ramp.json").read_text())
+    row = result["rows"][0]
+    assert set(row["median_ms"]) == {"dense", "pdp", "pdp-tol", "pdp-eager", "gmp"}
+    exact, tolerant = row["thresholds"]["pdp"], row["thresholds"]["pdp-tol"]
+    assert exact["reused"] == 0 and exact["moved_by_counts"] == 0 and exact["computed"] > 0
+    assert tolerant["computed"] + tolerant["reused"] + tolerant["moved_by_counts"] == exact["computed"]
+    assert "PDP tolerance 1e-2" in (tmp_path / "step_cost_t-after-ramp.md").read_text()

@@ -8,7 +8,8 @@ fp16/bf16 weights never overflow or lose the comparison against the threshold.
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -16,9 +17,15 @@ __all__ = [
     "check_finite",
     "check_sparsity",
     "check_tau",
+    "count_above_eager",
+    "EAGER_KERNELS",
     "hard_mask",
     "keep_count",
+    "MaskKernels",
+    "masked_backward_eager",
+    "masked_forward_eager",
     "midpoint_threshold",
+    "threshold_by_counts",
     "soft_mask",
     "soft_masked_weight",
     "SoftMaskedWeight",
@@ -114,6 +121,47 @@ def midpoint_threshold(
     return 0.5 * (top[k - 1] + top[k])
 
 
+def threshold_by_counts(
+    count: Callable[[torch.Tensor], int],
+    numel: int,
+    target: int,
+    slack: float,
+    start: tuple[torch.Tensor, int],
+    elasticity: float,
+    max_counts: int = 4,
+) -> tuple[torch.Tensor, int, float] | None:
+    """A threshold t whose kept count ``count(t)`` (elements with |w| > t) is within ``slack`` of
+    ``target``, found from a known point by secant steps on counts alone, or None.
+
+    ``start`` is (t0, count(t0)); ``elasticity`` the expected relative change of the kept fraction
+    per relative change of t (about 0.3 to 0.5 for bell-shaped weights), which sizes the first
+    step. Each step costs one count (one pass over the weights) instead of a selection; None after
+    ``max_counts`` counts, or when the counts stop moving, and the caller selects t exactly.
+    Returns (t as a float32 scalar tensor, its count, the elasticity measured on the way).
+    """
+    t_prev, c_prev = float(start[0]), int(start[1])
+    if not (t_prev > 0.0 and elasticity > 0.0):
+        return None
+    t_next = t_prev * (1.0 + (c_prev - target) / (numel * elasticity))
+    for _ in range(max_counts):
+        if not (0.0 < t_next < float("inf")):
+            return None
+        t = torch.tensor(t_next, dtype=torch.float32, device=start[0].device)
+        t_now = float(t)
+        if t_now == t_prev:
+            return None
+        c = int(count(t))
+        slope = (c - c_prev) / (t_now - t_prev)  # counts fall as t grows: slope <= 0
+        # Clamped so that one odd step (a gap or a clump in the magnitudes) cannot skew the next start.
+        measured = min(5.0, max(0.05, -slope * t_now / numel)) if slope < 0 else elasticity
+        if abs(c - target) <= slack:
+            return t, c, measured
+        if slope >= 0:
+            return None
+        t_prev, c_prev, t_next = t_now, c, t_now + (target - c) / slope
+    return None
+
+
 def _pair_in_band(mags: torch.Tensor, k: int, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor] | None:
     """a(k) and a(k+1) (1-based, descending) if both lie in [low, high], else None.
 
@@ -146,17 +194,19 @@ def soft_mask(weight: torch.Tensor, threshold: torch.Tensor | float, tau: float)
     return torch.where(logit > LOGIT_FLOOR, torch.sigmoid(logit), 0.0)
 
 
-def soft_masked_weight(weight: torch.Tensor, threshold: torch.Tensor | float, tau: float) -> torch.Tensor:
+def soft_masked_weight(
+    weight: torch.Tensor, threshold: torch.Tensor | float, tau: float, kernels: MaskKernels | None = None
+) -> torch.Tensor:
     """The weight a PDP layer computes with: m(w) * w, in the weight's dtype.
 
     Its gradient with respect to w is m * (1 + 2 w^2 (1 - m) / tau), which boosts weights near
     the threshold so they can cross it. Computed by :class:`SoftMaskedWeight`: the same values as
     ``soft_mask(w, t, tau) * w``, but it keeps only w and t for backward (the mask is recomputed
-    there), so PDP's extra memory is the masked weight alone, and it makes a third of the passes
-    over the weights that the composition of elementary ops makes.
+    there), so PDP's extra memory is the masked weight alone. ``kernels`` chooses how the
+    elementwise work runs (:data:`EAGER_KERNELS` by default; :mod:`pdprune.kernels` has fused ones).
     """
     t = torch.as_tensor(threshold, dtype=torch.float32, device=weight.device).detach()
-    return SoftMaskedWeight.apply(weight, t, float(tau))
+    return (kernels or EAGER_KERNELS).function.apply(weight, t, float(tau))
 
 
 def _logits(weight32: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
@@ -169,33 +219,64 @@ def _logits(weight32: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor
     return torch.nn.functional.threshold_(logit, LOGIT_FLOOR, -float("inf"))
 
 
+def masked_forward_eager(weight: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
+    """m(w) * w in the weight's dtype: one fused multiply-add, then in-place ops (4 passes over w)."""
+    weight32 = weight.float()
+    mask = _logits(weight32, t, tau).sigmoid_()
+    return mask.mul_(weight32).to(weight.dtype)
+
+
+def masked_backward_eager(weight: torch.Tensor, t: torch.Tensor, tau: float, grad: torch.Tensor) -> torch.Tensor:
+    """d(m w)/dw times ``grad``, with m recomputed from w and t (6 passes over w)."""
+    weight32 = weight.float()
+    mask = _logits(weight32, t, tau).sigmoid_()
+    # d(m w)/dw = m + (2 / tau) * m (1 - m) * w * w. m (1 - m) w is at most |w| / 4 and is 0
+    # wherever m saturates, so the product below never meets 0 * inf.
+    slope = torch.addcmul(mask, mask, mask, value=-1.0).mul_(weight32)
+    factor = mask.addcmul_(slope, weight32, value=2.0 / tau)
+    return factor.mul_(grad.float()).to(weight.dtype)
+
+
+def count_above_eager(weight: torch.Tensor, t: torch.Tensor) -> tuple[int, bool]:
+    """How many elements have |w| > t, and whether every element is finite."""
+    mags = weight.detach().abs()
+    finite = bool(torch.isfinite(mags.max())) if mags.numel() else True
+    return int(torch.count_nonzero(mags.float() > t)), finite
+
+
 class SoftMaskedWeight(torch.autograd.Function):
     """m(w) * w with m = sigmoid((w^2 - t^2) / tau); t is a statistic of w, not differentiated.
 
-    Forward: one fused multiply-add, then in-place ops (4 passes over w, one new tensor). Backward
-    recomputes m from the saved w and t rather than keeping it (6 passes, two new tensors).
+    Saves only w and t for backward, where the mask is recomputed rather than kept.
     """
 
     @staticmethod
     def forward(ctx: Any, weight: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
-        weight32 = weight.float()
         ctx.save_for_backward(weight, t)
         ctx.tau = tau
-        mask = _logits(weight32, t, tau).sigmoid_()
-        return mask.mul_(weight32).to(weight.dtype)
+        return masked_forward_eager(weight, t, tau)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         weight, t = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        weight32 = weight.float()
-        mask = _logits(weight32, t, ctx.tau).sigmoid_()
-        # d(m w)/dw = m + (2 / tau) * m (1 - m) * w * w. m (1 - m) w is at most |w| / 4 and is 0
-        # wherever m saturates, so the product below never meets 0 * inf.
-        slope = torch.addcmul(mask, mask, mask, value=-1.0).mul_(weight32)
-        factor = mask.addcmul_(slope, weight32, value=2.0 / ctx.tau)
-        return factor.mul_(grad.float()).to(weight.dtype), None, None
+        return masked_backward_eager(weight, t, ctx.tau, grad), None, None
+
+
+@dataclass(frozen=True)
+class MaskKernels:
+    """How a PDP layer's elementwise work runs: the masked weight (an autograd Function whose
+    ``apply(w, t, tau)`` computes what :class:`SoftMaskedWeight` does) and the kept count (what
+    :func:`count_above_eager` returns). Kernels may differ from the eager ones by float rounding only.
+    """
+
+    name: str
+    function: type[torch.autograd.Function]
+    count: Callable[[torch.Tensor, torch.Tensor], tuple[int, bool]]
+
+
+EAGER_KERNELS = MaskKernels("eager", SoftMaskedWeight, count_above_eager)
 
 
 def hard_mask(weight: torch.Tensor, sparsity: float, name: str = "weight") -> torch.Tensor:

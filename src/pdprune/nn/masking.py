@@ -13,7 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdprune.functional import hard_mask, midpoint_threshold, nm_hard_mask, nm_threshold
+from pdprune.functional import (
+    check_finite,
+    hard_mask,
+    keep_count,
+    midpoint_threshold,
+    nm_hard_mask,
+    nm_threshold,
+    threshold_by_counts,
+)
+from pdprune.kernels import kernels_for
 from pdprune.method import MaskMethod
 from pdprune.pattern import NM
 
@@ -36,6 +45,14 @@ class MaskState:
         self.calls = 0  # forward calls seen in training mode, to detect layers never called
         self._cached: tuple[tuple[int, int, int, float], torch.Tensor] | None = None
         self._last_threshold: float | None = None  # a search hint only: results never depend on it
+        # The last exactly computed t, reused while its kept count is within the method's tolerance.
+        self.reusable_threshold: torch.Tensor | None = None
+        self.threshold_computed = 0  # exact computations of t (unstructured layers)
+        self.threshold_reused = 0  # steps that reused t after its count was checked
+        self.threshold_searched = 0  # steps that moved t by counts alone (no selection)
+        self.elasticity = 0.4  # relative change of the kept fraction per relative change of t
+        # Largest |kept - target| / min(target, numel - target) of a t not selected exactly.
+        self.max_reuse_deviation = 0.0
         self._cached_hard: tuple[tuple[int, int, int, float], torch.Tensor] | None = None
         self.epoch = 0  # bumped every optimizer step: thresholds are never reused across steps
 
@@ -53,16 +70,59 @@ class MaskState:
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         if self.nm is None:
-            # Last step's t narrows the search on CPU; on GPUs reading it back would stall the
-            # device every step, so they run the plain top-k.
-            hint = self._last_threshold if weight.device.type == "cpu" else None
-            t = midpoint_threshold(weight, self.sparsity, name=self.name, hint=hint)
-            if weight.device.type == "cpu":
-                self._last_threshold = float(t)
+            t = self._threshold_within_tolerance(weight)
+            if t is None:
+                # Last step's t narrows the search on CPU; on GPUs reading it back would stall the
+                # device every step, so they run the plain top-k.
+                hint = self._last_threshold if weight.device.type == "cpu" else None
+                t = midpoint_threshold(weight, self.sparsity, name=self.name, hint=hint)
+                if weight.device.type == "cpu":
+                    self._last_threshold = float(t)
+                self.threshold_computed += 1
+                self.reusable_threshold = t
         else:
             t = nm_threshold(weight, self.nm.n, self.nm.m, self.dim, name=self.name) * self.progress
         self._cached = (key, t)
         return t
+
+    def _threshold_within_tolerance(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """A t whose kept count is within the method's tolerance of the target, without a selection.
+
+        The last t is reused if its count (one pass) is still within tolerance; otherwise a few
+        secant steps on counts look for one near the middle of the tolerance. None when the
+        tolerance is 0, there is no earlier t, or the steps do not get there: t is selected exactly.
+        """
+        tolerance = getattr(self.method, "threshold_tolerance", 0.0)
+        t = self.reusable_threshold
+        if tolerance <= 0.0 or t is None or t.device != weight.device:
+            return None
+        n = weight.numel()
+        target = keep_count(n, self.sparsity)
+        if target >= n:
+            return None
+        # Relative to the smaller side of the cut: at 99% sparsity the bound is a fraction of the
+        # 1% kept, never a share of the whole tensor that could exceed them.
+        allowed = tolerance * min(target, n - target)
+        kernels = kernels_for(weight, getattr(self.method, "kernels", "auto"))
+        kept, finite = kernels.count(weight, t)
+        if not finite:
+            check_finite(weight, self.name)
+        if abs(kept - target) <= allowed:
+            self.threshold_reused += 1
+            self._record_deviation(kept, target, n)
+            return t
+        found = threshold_by_counts(lambda c: kernels.count(weight, c)[0], n, target, allowed / 4,
+                                    (t, kept), self.elasticity)
+        if found is None:
+            return None
+        t, kept, self.elasticity = found
+        self.threshold_searched += 1
+        self._record_deviation(kept, target, n)
+        self.reusable_threshold = t
+        return t
+
+    def _record_deviation(self, kept: int, target: int, n: int) -> None:
+        self.max_reuse_deviation = max(self.max_reuse_deviation, abs(kept - target) / min(target, n - target))
 
     @torch.compiler.disable
     def current_hard_mask(self, weight: torch.Tensor) -> torch.Tensor:

@@ -208,6 +208,13 @@ class Pruner:
                 for name, s in self.states.items()
                 if s.mask is not None
             },
+            # Reused thresholds (and the slope their search starts from) decide the next steps'
+            # masks, so a resumed run needs them to match the uninterrupted one.
+            "reusable_thresholds": {
+                name: [float(s.reusable_threshold), s.elasticity]
+                for name, s in self.states.items()
+                if s.reusable_threshold is not None
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -235,6 +242,12 @@ class Pruner:
             stored = state.get("stored_masks", {}).get(name)
             s.mask = stored["mask"].to(self._parameter(name).device) if stored else None
             s.mask_sparsity = float(stored["sparsity"]) if stored else 0.0
+            reusable = state.get("reusable_thresholds", {}).get(name)
+            s.reusable_threshold = None
+            if reusable is not None:
+                device = self._parameter(name).device
+                s.reusable_threshold = torch.tensor(float(reusable[0]), dtype=torch.float32, device=device)
+                s.elasticity = float(reusable[1])
         self._update_sparsity(apply_method=False)
 
     # ----------------------------------------------------------------- internals
@@ -404,5 +417,11 @@ def _describe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
         if reshaped:
             parts.append(f"shapes differ for: {', '.join(reshaped[:5])}")
         return "; ".join(parts)
-    keys = [k for k in saved.get("config", {}) if saved["config"].get(k) != current.get("config", {}).get(k)]
-    return f"config differs in {', '.join(keys) or 'unknown fields'}"
+    saved_config, current_config = saved.get("config", {}), current.get("config", {})
+    keys = sorted(k for k in set(saved_config) | set(current_config) if saved_config.get(k) != current_config.get(k))
+    details = [
+        f"{key} (saved {saved_config.get(key)!r}, here {current_config.get(key)!r})"
+        if isinstance(saved_config.get(key), dict) or isinstance(current_config.get(key), dict) else key
+        for key in keys
+    ]
+    return f"config differs in {', '.join(details) or 'unknown fields'}"

@@ -1,0 +1,93 @@
+"""Fused mask kernels: the eager kernels' values, gradients and counts; chosen and refused as documented."""
+
+import pytest
+import torch
+
+import pdprune
+from pdprune import kernels
+from pdprune.functional import EAGER_KERNELS, midpoint_threshold, nm_threshold, soft_masked_weight
+from pdprune.kernels import MIN_FUSED_NUMEL, fused_kernels, kernels_for
+
+
+def _run(k, weight: torch.Tensor, t: torch.Tensor, tau: float, grad: torch.Tensor):
+    w = weight.clone().requires_grad_(True)
+    out = soft_masked_weight(w, t, tau, k)
+    out.backward(grad)
+    return out.detach(), w.grad, k.count(weight, t) if t.dim() == 0 else None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("shape", "pattern"), [((48, 64), "unstructured"), ((16, 8, 3, 3), "unstructured"),
+                                                ((300,), "unstructured"), ((48, 64), "2:4"), ((16, 8, 3, 3), "2:4")])
+def test_fused_kernels_match_eager_ones(dtype, shape, pattern):
+    torch.manual_seed(0)
+    weight = (0.05 * torch.randn(shape)).to(dtype)
+    t = midpoint_threshold(weight, 0.8) if pattern == "unstructured" else nm_threshold(weight, 2, 4)
+    grad = torch.randn(shape).to(dtype)
+    fused = _run(fused_kernels(), weight, t, 1e-4, grad)
+    eager = _run(EAGER_KERNELS, weight, t, 1e-4, grad)
+    assert fused[0].dtype == dtype and fused[1].dtype == dtype
+    tolerance = 2e-5 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(fused[0].float(), eager[0].float(), rtol=tolerance, atol=tolerance * 0.05)
+    scale = float(eager[1].float().abs().max())
+    assert torch.allclose(fused[1].float(), eager[1].float(), rtol=tolerance, atol=tolerance * scale)
+    assert fused[2] == eager[2]
+
+
+def test_fused_kernels_take_non_contiguous_weights():
+    torch.manual_seed(0)
+    weight = (0.05 * torch.randn(32, 48)).t()
+    t = midpoint_threshold(weight, 0.5)
+    grad = torch.randn(weight.shape)
+    fused, eager = _run(fused_kernels(), weight, t, 1e-3, grad), _run(EAGER_KERNELS, weight, t, 1e-3, grad)
+    assert fused[0].shape == weight.shape
+    assert torch.allclose(fused[0], eager[0], rtol=2e-5, atol=1e-7)
+    assert torch.allclose(fused[1], eager[1], rtol=2e-5, atol=1e-6)
+
+
+def test_fused_kernels_give_no_nan_for_huge_weights():
+    weight = torch.tensor([3e38, -3e38, 1.0, 0.5, 2e19, 1e-30], dtype=torch.float32, requires_grad=True)
+    t = midpoint_threshold(weight, 0.5)
+    out = soft_masked_weight(weight, t, 1e-8, fused_kernels())
+    out.sum().backward()
+    assert bool(torch.isfinite(out).all()) and bool(torch.isfinite(weight.grad).all())
+    assert torch.equal(out, weight.detach() * torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0]))
+
+
+def test_fused_count_reports_non_finite_weights():
+    weight = torch.tensor([1.0, float("nan"), 0.1, 2.0])
+    assert fused_kernels().count(weight, torch.tensor(0.5)) == (2, False)
+    assert EAGER_KERNELS.count(weight, torch.tensor(0.5)) == (2, False)
+    assert fused_kernels().count(torch.tensor([1.0, -3.0, 0.1]), torch.tensor(0.5)) == (2, True)
+
+
+def test_fused_gradient_passes_gradcheck():
+    torch.manual_seed(0)
+    weight = (0.05 * torch.randn(6, 8, dtype=torch.float64)).requires_grad_()
+    t = midpoint_threshold(weight, 0.5)
+    fused = fused_kernels()
+    assert torch.autograd.gradcheck(lambda w: soft_masked_weight(w, t, 1e-2, fused), (weight,), eps=1e-4, atol=1e-3, rtol=1e-3)
+
+
+def test_auto_fuses_large_layers_only_and_eager_never():
+    small, large = torch.zeros(16, 16), torch.zeros(MIN_FUSED_NUMEL)
+    assert kernels_for(small, "auto") is EAGER_KERNELS
+    assert kernels_for(large, "auto").name == "fused"
+    assert kernels_for(small, "fused").name == "fused"
+    assert kernels_for(large, "eager") is EAGER_KERNELS
+
+
+def test_a_compiler_that_fails_warns_under_auto_and_raises_under_fused(monkeypatch):
+    monkeypatch.setattr(kernels, "_checked", {})
+    monkeypatch.setattr(kernels, "_warned", set())
+    monkeypatch.setattr(kernels, "_self_check", lambda device, dtype: "CalledProcessError: no C++ compiler")
+    large = torch.zeros(MIN_FUSED_NUMEL)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler.*same results"):
+        assert kernels_for(large, "auto") is EAGER_KERNELS
+    with pytest.raises(RuntimeError, match="kernels='fused'.*no C\\+\\+ compiler.*kernels='eager'"):
+        kernels_for(large, "fused")
+
+
+def test_pdp_rejects_unknown_kernels():
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        pdprune.PDP(kernels="triton")
