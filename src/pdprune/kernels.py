@@ -2,7 +2,9 @@
 
 Eager PyTorch runs the mask as a chain of elementwise ops, each one a pass over the weights (4 in
 forward, 6 in backward, 3 for the kept count); torch.compile fuses each chain into one loop, which
-is what makes PDP's step close to a dense one on large layers (benchmarks/step_cost.py).
+is what makes PDP's step close to a dense one on large layers (benchmarks/step_cost.py). Two more
+serve the exact threshold search near last step's t: counts above six edges in one pass, and
+the indicator of the band between two of them.
 ``kernels_for`` picks them for large tensors when the compiler works on the device (checked once
 per device and dtype against the eager kernels), and says so in a warning when it does not; the
 results are the same up to float rounding either way.
@@ -17,6 +19,7 @@ import torch
 
 from pdprune.functional.masks import (
     EAGER_KERNELS,
+    band_edges,
     LOGIT_FLOOR,
     MaskKernels,
     count_above_eager,
@@ -62,6 +65,19 @@ def _count(weight: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return (magnitude > t).sum(), torch.isfinite(magnitude).all()
 
 
+def _counts_above(weight: torch.Tensor, edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Six sums written out (not one broadcast compare) so the compiler fuses them into one loop.
+    magnitude = weight.abs().float()
+    counts = [(magnitude > edges[i]).sum() for i in range(6)]
+    return torch.stack(counts), torch.isfinite(magnitude).all()
+
+
+def _in_band(weight: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    magnitude = weight.abs().float()
+    # uint8, not bool: the compiled loop stores bytes several times faster than booleans.
+    return ((magnitude > low) & (magnitude <= high)).to(torch.uint8)
+
+
 _compiled: dict[str, Any] = {}
 
 # Graphs per kernel: weight dtypes (float32, bfloat16, float16) times a scalar or per-weight t.
@@ -70,7 +86,8 @@ _RECOMPILE_LIMIT = 16
 
 def _compiled_function(name: str) -> Any:
     if name not in _compiled:
-        source = {"forward": _forward, "backward": _backward, "count": _count}[name]
+        source = {"forward": _forward, "backward": _backward, "count": _count,
+                  "counts_above": _counts_above, "in_band": _in_band}[name]
         _compiled[name] = torch.compile(source, dynamic=True, fullgraph=True)
     return _compiled[name]
 
@@ -146,9 +163,28 @@ def _fused_count(weight: torch.Tensor, t: torch.Tensor) -> tuple[int, bool]:
     return int(above), bool(finite)
 
 
+def _fused_counts_above(weight: torch.Tensor, edges: torch.Tensor) -> tuple[list[int], bool] | None:
+    if edges.numel() != 6:
+        return None
+    try:
+        counts, finite = _call("counts_above", _flat(weight.detach()), edges)
+    except Exception as error:
+        _warn_and_fall_back("counts_above", error)
+        return None  # the threshold search takes its eager path
+    return [int(c) for c in counts.tolist()], bool(finite)
+
+
+def _fused_in_band(weight: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor | None:
+    try:
+        return _call("in_band", _flat(weight.detach()), low, high)
+    except Exception as error:
+        _warn_and_fall_back("in_band", error)
+        return None
+
+
 def fused_kernels() -> MaskKernels:
     """The fused kernels (compiled at their first call)."""
-    return MaskKernels("fused", FusedSoftMaskedWeight, _fused_count)
+    return MaskKernels("fused", FusedSoftMaskedWeight, _fused_count, _fused_counts_above, _fused_in_band)
 
 
 _checked: dict[tuple[str, torch.dtype], str | None] = {}  # (device type, dtype) -> None or why not
@@ -172,6 +208,17 @@ def _self_check(device: torch.device, dtype: torch.dtype) -> str | None:
             out.backward(grad)
             outputs.append((out.detach().float(), w.grad.float(), kernels.count(weight, t)))
     except Exception as error:  # a missing compiler or backend surfaces as many exception types
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    try:  # the exact threshold's band search: compiled counts and band against the eager ones
+        edges = band_edges(float(t), weight.device)
+        counted = fused.counts_above(weight, edges)  # type: ignore[misc]
+        magnitude = weight.abs().float().flatten()
+        if counted is None or counted[0] != [int((magnitude > e).sum()) for e in edges] or not counted[1]:
+            return "the compiled band counts disagree with the eager ones"
+        marks = fused.in_band(weight, edges[4], edges[1])  # type: ignore[misc]
+        if marks is None or not torch.equal(marks.bool(), (magnitude > edges[4]) & (magnitude <= edges[1])):
+            return "the compiled band indicator disagrees with the eager one"
+    except Exception as error:
         return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
     (out_f, grad_f, count_f), (out_e, grad_e, count_e) = outputs
     rtol = 1e-5 if dtype == torch.float32 else 1e-2

@@ -58,6 +58,7 @@ class PlanSettings:
     train_limit: int | None = None
     image_sparsities: tuple[float, ...] = (0.8, 0.9, 0.95, 0.98, 0.99)
     text_sparsities: tuple[float, ...] = (0.9,)
+    text_channel_flops: tuple[float, ...] = ()  # heads and FFN rows pruned to these fractions of FLOPs removed
     image_budgets: tuple[str, ...] = ("global",)
     image_patterns: tuple[str, ...] = ()  # N:M patterns such as "2:4", for the image tasks
     image_channel_flops: tuple[float, ...] = ()  # channel pruning to these fractions of FLOPs removed
@@ -101,7 +102,8 @@ def build_plan(
                     dense_runs=dense_runs,
                     keep_teacher=any(settings.distill),
                 )
-                plan.append(PlanEntry(task, (0.9,) if quick else settings.text_sparsities, settings.text_budgets))
+                plan.append(PlanEntry(task, (0.9,) if quick and settings.text_sparsities else settings.text_sparsities,
+                                      settings.text_budgets, channel_flops=settings.text_channel_flops))
         else:
             raise ValueError(f"unknown task {name!r}; choose from {', '.join([*IMAGE_MODELS, 'minilm'])}")
     return plan
@@ -311,7 +313,7 @@ def run_accuracy(
             f"{setup.gmp_refreshes} mask refreshes, one-shot at the end of warm-up; for N:M PDP ramps each "
             f"group's threshold from 0, SR-STE and one-shot apply N:M from the end of warm-up), per-layer budgets "
             f"(named in each row) fixed when pruning starts, PDP tau {setup.tau:g} (channels: {setup.channel_tau:g} "
-            f"of t^2, masks hardened over the first half of the steps after the ramp); same optimizer, LR "
+            f"of t^2, masks hardened over the first {setup.channel_settle:.0%} of the steps after the ramp); same optimizer, LR "
             f"schedule, epochs, budgets and seeds for every method"
         ),
         "tasks": [],
@@ -324,7 +326,7 @@ def run_accuracy(
         task = entry.task
         result["tasks"].append(
             task.describe() | {"sparsities": list(entry.sparsities),
-                               "budgets": [*entry.budgets, *entry.patterns, *(b for b, _ in entry.channel_budgets())]}
+                               "budgets": [*(entry.budgets if entry.sparsities else ()), *entry.patterns, *(b for b, _ in entry.channel_budgets())]}
         )
         for seed in grid.seeds:
             # (method, budget rule or N:M pattern, sparsity, pattern or None)
@@ -429,4 +431,5 @@ def _load_result(path: Path) -> dict[str, Any]:
         row.setdefault("budget", "dense" if row["method"] == "dense" else result["setup"]["budget"])
     if not any(row["budget"].startswith("channel") for row in result["rows"]):
         result["setup"].setdefault("channel_tau", Channels().tau)  # no channel runs: the value played no part
+    result["setup"].setdefault("channel_settle", 0.5)  # the only value before the option existed
     return result

@@ -30,6 +30,7 @@ class PruningSetup:
     budget: str = "global"
     tau: float = DEFAULT_TAU
     channel_tau: float = Channels().tau  # relative to t^2 (channel scores have no fixed scale)
+    channel_settle: float = Channels().settle  # fraction of the steps after the ramp spent hardening
     gmp_refreshes: int = 10  # mask refreshes over the ramp
 
 
@@ -63,7 +64,8 @@ class MethodSpec:
             budget=setup.budget,  # type: ignore[arg-type]
             filter_fn=filter_fn,
             method=self.make(setup, schedule.ramp_steps),
-            pattern=Channels(unit="flops", tau=setup.channel_tau, scope="expansion" if pattern == "channel/expansion" else "all")
+            pattern=Channels(unit="flops", tau=setup.channel_tau, settle=setup.channel_settle,
+                             scope="expansion" if pattern == "channel/expansion" else "all")
             if channel else (pattern or "unstructured"),
             indivisible="dense",
         )

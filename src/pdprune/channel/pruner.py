@@ -265,7 +265,8 @@ class ChannelPruner:
     def _update(self) -> None:
         schedule = self.config.schedule
         progress = self.config.method.progress(schedule, self.step_count)
-        sharpness = settle_fraction(self.step_count, schedule.warmup_steps + schedule.ramp_steps, schedule.total_steps)
+        sharpness = settle_fraction(self.step_count, schedule.warmup_steps + schedule.ramp_steps, schedule.total_steps,
+                                    self.config.channels.settle)  # type: ignore[union-attr]
         for state in self.states.values():
             state.progress = progress
             state.temperature_scale = 1.0 - sharpness
@@ -277,9 +278,9 @@ class ChannelPruner:
             raise RuntimeError("this pruner has been finalized; the model is an ordinary model now")
 
 
-def settle_fraction(step: int, ramp_end: int, total: int) -> float:
+def settle_fraction(step: int, ramp_end: int, total: int, settle: float = 0.5) -> float:
     """How far the masks have hardened after the ramp: 0 until the ramp ends, then rising linearly
-    to 1 halfway through the remaining steps (the last half trains with exact 0/1 channel masks).
+    to 1 after ``settle`` of the remaining steps (the rest trains with exact 0/1 channel masks).
 
     A channel's output after a BatchNorm does not depend on its weights' scale, so with adaptive
     optimizers the channel norms drift together and sit near the cut, where the soft mask is
@@ -288,7 +289,7 @@ def settle_fraction(step: int, ramp_end: int, total: int) -> float:
     """
     if step <= ramp_end or total <= ramp_end:
         return 0.0 if step <= ramp_end else 1.0
-    return min(1.0, (step - ramp_end) / max(1, (total - ramp_end) // 2))
+    return min(1.0, (step - ramp_end) / max(1, int((total - ramp_end) * settle)))
 
 
 def _nonzero_in_pruned(group: Any, keep: torch.Tensor) -> bool:

@@ -93,7 +93,13 @@ def _magnitudes_f32(weight: torch.Tensor) -> torch.Tensor:
 
 
 def midpoint_threshold(
-    weight: torch.Tensor, sparsity: float, *, check: bool = True, name: str = "weight", hint: float | None = None
+    weight: torch.Tensor,
+    sparsity: float,
+    *,
+    check: bool = True,
+    name: str = "weight",
+    hint: float | None = None,
+    kernels: MaskKernels | None = None,
 ) -> torch.Tensor:
     """PDP's threshold t: the midpoint between the smallest kept and largest pruned magnitude.
 
@@ -102,10 +108,18 @@ def midpoint_threshold(
 
     ``hint`` (e.g. last step's t) only makes it faster, never different: if a narrow band around
     the hint holds both a(k) and a(k+1), they are picked from the band instead of a top-k over the
-    whole tensor (exact, the same two float32 values); otherwise the full top-k runs.
+    whole tensor (exact, the same two float32 values); otherwise the full top-k runs. ``kernels``
+    with ``counts_above`` and ``in_band`` (the fused ones) find the band in two passes over the
+    weights instead of about eight.
     """
     n = weight.numel()
     k = keep_count(n, sparsity)
+    if (hint is not None and hint > 0.0 and 0 < k < n and kernels is not None
+            and kernels.counts_above is not None and kernels.in_band is not None):
+        pair = _pair_by_band_counts(weight, k, hint, kernels, check, name)
+        if pair is not None:
+            return 0.5 * (pair[0] + pair[1])
+        hint = None  # the band around the hint missed a(k) or a(k+1): the full top-k below
     mags = _magnitudes_f32(weight)
     if check and not bool(torch.isfinite(mags.max())):  # max is NaN or inf iff some element is
         check_finite(weight, name)
@@ -160,6 +174,48 @@ def threshold_by_counts(
             return None
         t_prev, c_prev, t_next = t_now, c, t_now + (target - c) / slope
     return None
+
+
+_BAND_WIDTHS = (0.2, 0.02, 0.002)  # relative half-widths of the bands tried around a hint
+
+
+def band_edges(hint: float, device: torch.device) -> torch.Tensor:
+    """Six float32 edges around ``hint``, descending: hint x (1.2, 1.02, 1.002, 0.998, 0.98, 0.8)."""
+    factors = [1.0 + w for w in _BAND_WIDTHS] + [1.0 - w for w in reversed(_BAND_WIDTHS)]
+    return torch.tensor([hint * f for f in factors], dtype=torch.float32, device=device)
+
+
+def _pair_by_band_counts(
+    weight: torch.Tensor, k: int, hint: float, kernels: MaskKernels, check: bool, name: str
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """a(k) and a(k+1) from the narrowest band around ``hint`` that holds both, or None.
+
+    One pass counts the magnitudes above each of six edges; ranks 1..count(e) are exactly those
+    above edge e, so a(k) and a(k+1) lie in (low, high] when count(high) < k <= k + 1 <= count(low).
+    A second pass marks that band, and a top-k over the band alone picks the pair.
+    """
+    assert kernels.counts_above is not None and kernels.in_band is not None
+    edges = band_edges(hint, weight.device)
+    counted = kernels.counts_above(weight, edges)
+    if counted is None:
+        return None
+    counts, finite = counted
+    if check and not finite:
+        check_finite(weight, name)
+    below_k = [i for i, c in enumerate(counts) if c < k]
+    at_least = [i for i, c in enumerate(counts) if c >= k + 1]
+    if not below_k or not at_least:
+        return None
+    high, low = below_k[-1], at_least[0]
+    marks = kernels.in_band(weight, edges[low], edges[high])
+    if marks is None:
+        return None
+    index = marks.nonzero().squeeze(1)
+    if index.numel() != counts[low] - counts[high]:  # the two kernels disagree: never trust either
+        return None
+    band = weight.detach().reshape(-1)[index].abs().float()
+    top = torch.topk(band, k + 1 - counts[high], sorted=True).values
+    return top[-2], top[-1]
 
 
 def _pair_in_band(mags: torch.Tensor, k: int, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -274,6 +330,11 @@ class MaskKernels:
     name: str
     function: type[torch.autograd.Function]
     count: Callable[[torch.Tensor, torch.Tensor], tuple[int, bool]]
+    # Optional, for the exact threshold search near a hint: ``counts_above(w, edges)`` gives
+    # (how many |w| exceed each edge, all finite?) in one pass, or None if it cannot run;
+    # ``in_band(w, low, high)`` the uint8 indicator of low < |w| <= high.
+    counts_above: Callable[[torch.Tensor, torch.Tensor], tuple[list[int], bool] | None] | None = None
+    in_band: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None
 
 
 EAGER_KERNELS = MaskKernels("eager", SoftMaskedWeight, count_above_eager)

@@ -75,7 +75,8 @@ class MaskState:
                 # Last step's t narrows the search on CPU; on GPUs reading it back would stall the
                 # device every step, so they run the plain top-k.
                 hint = self._last_threshold if weight.device.type == "cpu" else None
-                t = midpoint_threshold(weight, self.sparsity, name=self.name, hint=hint)
+                kernels = kernels_for(weight, getattr(self.method, "kernels", "auto")) if hint is not None else None
+                t = midpoint_threshold(weight, self.sparsity, name=self.name, hint=hint, kernels=kernels)
                 if weight.device.type == "cpu":
                     self._last_threshold = float(t)
                 self.threshold_computed += 1
