@@ -5,9 +5,13 @@ initialisation (PDP's channel scores at init pick the channels) and shrunk at on
 model's outputs are checked against the zeroed (masked) model's before timing. Dense and shrunk
 run side by side in one process, interleaved, and the medians' ratio is reported, in both memory
 layouts (PyTorch's default contiguous NCHW and channels_last, the layout oneDNN's CPU convolutions
-prefer) and with widths left free or rounded to a multiple of 8.
+prefer) and with widths left free or rounded to a multiple of 8. With ``--runtimes onnxruntime``
+both models are also exported to ONNX (pdprune.export.save_onnx, outputs checked against PyTorch) and
+timed in ONNX Runtime, which folds BatchNorm into the convolutions and fuses activations, as a
+deployed model runs; ONNX Runtime picks its own memory layout, so those rows have none.
 
     python benchmarks/channel_latency.py --flops 0.5 --batches 1 32
+    python benchmarks/channel_latency.py --flops 0.5 --round-to 8 --runtimes eager onnxruntime
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import copy
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +29,8 @@ import torch
 
 import pdprune
 from pdprune.io import atomic_write_json, atomic_write_text, ensure_writable_folder
-from pdprune.latency import compare_latency
+from pdprune.export import save_onnx
+from pdprune.latency import compare_latency, compare_onnx_latency
 from pdprune.machine import machine_info
 from pdprune.models import MobileNetV2, ResNet18
 
@@ -77,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                              "models without any are skipped)")
     parser.add_argument("--memory-formats", nargs="+", choices=sorted(LAYOUTS), default=sorted(LAYOUTS))
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    parser.add_argument("--runtimes", nargs="+", choices=["eager", "onnxruntime"], default=["eager"],
+                        help="PyTorch eager, and/or both models exported to ONNX and run in ONNX Runtime")
     parser.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
     parser.add_argument("--tag", default=f"cpu-{os.cpu_count()}core")
     args = parser.parse_args(argv)
@@ -91,13 +99,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}, scope {scope}, widths rounded to {round_to}: params {info['params'][0]:,} -> {info['params'][1]:,}, "
               f"MACs/image {info['macs_per_image'][0]:,} -> {info['macs_per_image'][1]:,}, "
               f"output error {info['max_relative_output_error']:.1e}", flush=True)
-        for layout in args.memory_formats:
+        for layout in args.memory_formats if "eager" in args.runtimes else ():
             dense, shrunk = (m.to(memory_format=LAYOUTS[layout]) for m in (dense, shrunk))
             for batch in args.batches:
                 x = torch.randn(batch, 3, 224, 224).to(memory_format=LAYOUTS[layout])
                 result = compare_latency(dense, shrunk, x, repeats=args.repeats, warmup=3)
-                print(f"  {layout}: {result.to_text()}", flush=True)
-                rows.append({"model": name, "flops_target": flops, "memory_format": layout, **info, **result.to_dict()})
+                print(f"  eager {layout}: {result.to_text()}", flush=True)
+                rows.append({"model": name, "flops_target": flops, "runtime": "eager", "memory_format": layout, **info,
+                             **result.to_dict()})
+        if "onnxruntime" in args.runtimes:
+            dense, shrunk = (m.to(memory_format=torch.contiguous_format) for m in (dense, shrunk))
+            with tempfile.TemporaryDirectory() as folder:
+                files = {}
+                for label, model in (("dense", dense), ("shrunk", shrunk)):
+                    files[label] = Path(folder) / f"{label}.onnx"
+                    error = save_onnx(model, files[label], torch.randn(2, 3, 224, 224))
+                    print(f"  onnx export of {label}: output error vs PyTorch {error:.1e}", flush=True)
+                for batch in args.batches:
+                    x = torch.randn(batch, 3, 224, 224)
+                    result = compare_onnx_latency(files["dense"], files["shrunk"], x, repeats=args.repeats, warmup=3)
+                    print(f"  onnxruntime: {result.to_text()}", flush=True)
+                    rows.append({"model": name, "flops_target": flops, "runtime": "onnxruntime", "memory_format": "-",
+                                 **info, **result.to_dict()})
     payload = {
         "benchmark": "channel latency",
         "command": "python benchmarks/channel_latency.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -115,14 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{payload['command']}`  ",
         f"Machine: {payload['machine']['cpu']} ({payload['machine']['torch_threads']} torch threads), torch "
         f"{payload['machine']['torch']}. Targets: {', '.join(f'{f:.0%}' for f in args.flops)} of FLOPs removed by whole channels (PDP channel "
-        f"scores at init), then physically removed. Medians of {args.repeats} interleaved runs, float32, eval mode.",
+        f"scores at init), then physically removed. Medians of {args.repeats} interleaved runs, float32, eval mode "
+        f"(runtimes: {', '.join(args.runtimes)}).",
         "",
-        "| model | groups pruned | widths rounded to | memory format | batch | params dense -> shrunk | FLOPs removed | "
+        "| model | groups pruned | widths rounded to | runtime | memory format | batch | params dense -> shrunk | FLOPs removed | "
         "dense ms | shrunk ms | speedup | output error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r.get('scope', 'all')} | {r['round_to']} | {r['memory_format']} | {r['batch']} | {r['params'][0]:,} -> {r['params'][1]:,} | {r['flops_removed']:.1%} | "
+        lines.append(f"| {r['model']} | {r.get('scope', 'all')} | {r['round_to']} | {r['runtime']} | {r['memory_format']} | {r['batch']} | "
+                     f"{r['params'][0]:,} -> {r['params'][1]:,} | {r['flops_removed']:.1%} | "
                      f"{r['dense_ms']:.1f} | {r['pruned_ms']:.1f} | {r['speedup']:.2f}x | {r['max_relative_output_error']:.1e} |")
     at_half = [r for r in rows if abs(r["flops_target"] - 0.5) < 1e-9]
     floor = [r for r in rows if r["flops_target"] >= 0.9]
@@ -136,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                               for r in floor if r["flops_target"] == max(f["flops_target"] for f in floor)) + "."]
     if at_half:
         lines += ["", "Target (issue: structured pruning): shrunk at 50% FLOPs >= 1.6x faster than dense. " + ", ".join(
-        f"{r['model']} ({r.get('scope', 'all')}, round {r['round_to']}, {r['memory_format']}) b{r['batch']}: "
+        f"{r['model']} ({r.get('scope', 'all')}, round {r['round_to']}, {r['runtime']}"
+        f"{'' if r['memory_format'] == '-' else ', ' + r['memory_format']}) b{r['batch']}: "
         f"{'met' if r['speedup'] >= 1.6 else 'not met'}" for r in at_half)]
     atomic_write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {stem}.json and .md")

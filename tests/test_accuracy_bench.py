@@ -88,6 +88,17 @@ def test_methods_share_budget_settings_and_differ_in_rule_and_ramp():
     assert {(c.sparsity, str(c.pattern), c.indivisible, c.schedule.warmup_steps) for c in nm.values()} == {(0.5, "2:4", "dense", 100)}
 
 
+def test_channel_runs_can_ramp_on_their_own_schedule():
+    setup = PruningSetup(warmup=0.1, ramp=0.5, channel_ramp=0.2)
+    for name in ("pdp", "l1channel"):
+        channel = METHODS[name].config(0.5, 1000, setup, pattern="channel")
+        assert (channel.schedule.warmup_steps, channel.schedule.ramp_steps) == (100, 200)
+    assert METHODS["pdp"].config(0.9, 1000, setup).schedule.ramp_steps == 500  # unstructured keeps --ramp
+    assert METHODS["pdp"].config(0.5, 1000, setup, pattern="2:4").schedule.ramp_steps == 500
+    shared = METHODS["pdp"].config(0.5, 1000, PruningSetup(ramp=0.5, channel_ramp=None), pattern="channel")
+    assert shared.schedule.ramp_steps == 500  # no channel ramp given: the common one
+
+
 def test_unknown_names_are_rejected():
     with pytest.raises(ValueError, match="unknown method"):
         AccuracyGrid(methods=("pdp", "magic"))
@@ -221,6 +232,18 @@ def test_the_grid_runs_every_budget_and_pattern_with_real_configs(tmp_path):
     assert runs[("l1channel", "channel/flops", 0)] == pytest.approx(0.5, abs=0.05)
     assert result["grid"]["methods"] == ["pdp", "gmp", "oneshot", "srste", "l1channel"]
     assert "PDP - L1-norm" in (tmp_path / "accuracy_tiny.md").read_text()
+
+
+def test_dense_runs_can_be_skipped_and_the_file_says_so(tmp_path):
+    from pdprune.bench.accuracy import PlanEntry, run_accuracy
+
+    plan = [PlanEntry(_TinyTask(), (), ("global",), (), (0.5,))]
+    grid = AccuracyGrid(channel_methods=("pdp",), seeds=(0, 1), dense=False,
+                        setup=PruningSetup(channel_ramp=0.2))
+    result = run_accuracy(plan, grid, tmp_path, "tiny", "cmd", "test", progress=False, log=lambda *_: None)
+    assert {(r["method"], r["seed"]) for r in result["rows"]} == {("pdp", 0), ("pdp", 1)}
+    text = (tmp_path / "accuracy_tiny.md").read_text()
+    assert "not trained in this run" in text and "channel pruning ramps over 20%" in text
 
 
 def test_patterns_must_be_nm(tmp_path, capsys):

@@ -7,7 +7,7 @@ import torch
 
 from pdprune.bench.latency import run_latency_benchmark
 from pdprune.cli import main
-from pdprune.latency import compare_latency, speed_warnings
+from pdprune.latency import compare_latency, compare_onnx_latency, speed_warnings
 from pdprune.models import SmallCNN
 
 
@@ -29,6 +29,27 @@ def test_compare_latency_restores_modes_and_reports_the_batch():
     assert dense.training and not pruned.training
     assert result.batch == 3 and result.repeats == 2
     assert result.speedup == pytest.approx(result.dense_ms / result.pruned_ms)
+
+
+@pytest.mark.skipif(not all(__import__("importlib").util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
+                    reason="install with: pip install 'pdprune[onnx]'")
+def test_onnx_files_are_timed_side_by_side_in_onnx_runtime(tmp_path):
+    from pdprune.export import save_onnx
+
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 8))
+    narrow = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+    x = torch.randn(4, 64)
+    save_onnx(wide, tmp_path / "wide.onnx", x)
+    save_onnx(narrow, tmp_path / "narrow.onnx", x)
+    result = compare_onnx_latency(tmp_path / "wide.onnx", tmp_path / "narrow.onnx", x, repeats=3, warmup=1, threads=1)
+    assert result.device == "cpu (onnxruntime)" and result.threads == 1 and result.batch == 4 and result.repeats == 3
+    assert result.dense_ms > 0 and result.pruned_ms > 0
+    assert result.speedup == pytest.approx(result.dense_ms / result.pruned_ms)
+    with pytest.raises(ValueError, match="takes 1 inputs, 2 were given"):
+        compare_onnx_latency(tmp_path / "wide.onnx", tmp_path / "narrow.onnx", (x, x), repeats=1)
+    with pytest.raises(ValueError, match="repeats must be"):
+        compare_onnx_latency(tmp_path / "wide.onnx", tmp_path / "narrow.onnx", x, repeats=0)
 
 
 def test_bench_latency_writes_rows_for_every_pattern_and_batch(tmp_path, capsys):

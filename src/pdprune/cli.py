@@ -141,12 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--channel-settle", type=_settle, default=Channels().settle,
                           help="fraction of the steps after the ramp over which PDP's channel masks harden "
                                f"(default {Channels().settle:g})")
+    accuracy.add_argument("--channel-ramp", type=_fraction, default=PruningSetup().channel_ramp,
+                          help=f"fraction of the steps over which channel pruning ramps in, for PDP and L1-norm "
+                               f"alike (default {PruningSetup().channel_ramp:g})")
     accuracy.add_argument("--channel-tau", type=_tau, default=Channels().tau,
                           help=f"PDP channel mask temperature, relative to t^2 (default {Channels().tau:g})")
     accuracy.add_argument("--tag", default=None, help="result file name suffix (default: quick or cpu-<N>core)")
     accuracy.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
     accuracy.add_argument("--mode", default="full grid",
                           help="one line saying what kind of run this is, written into the results")
+    accuracy.add_argument("--no-dense", action="store_true",
+                          help="skip the dense runs (for ablations whose dense reference is already measured)")
     accuracy.add_argument("--no-progress", action="store_true")
     latency = bench.add_parser(
         "latency",
@@ -253,7 +258,9 @@ def _run_bench_accuracy(args: argparse.Namespace) -> int:
         nm_methods=tuple(args.nm_methods),
         channel_methods=tuple(args.channel_methods),
         seeds=(0, 1) if args.quick else tuple(args.seeds),
-        setup=PruningSetup(tau=args.tau, channel_tau=args.channel_tau, channel_settle=args.channel_settle, ramp=args.ramp),
+        setup=PruningSetup(tau=args.tau, channel_tau=args.channel_tau, channel_settle=args.channel_settle, ramp=args.ramp,
+                           channel_ramp=args.channel_ramp),
+        dense=not args.no_dense,
     )
     tag = args.tag or ("quick" if args.quick else f"cpu-{os.cpu_count()}core")
     command = "pdprune " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "pdprune bench accuracy"

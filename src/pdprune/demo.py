@@ -18,7 +18,7 @@ from pdprune.pattern import NM, Channels, parse_pattern
 from pdprune.channel.report import ChannelReport
 from pdprune.latency import LatencyResult, compare_latency
 from pdprune.report import PruneReport
-from pdprune.schedule import Schedule
+from pdprune.schedule import CHANNEL_RAMP, Schedule
 from pdprune.training import TrainSettings, evaluate, train
 
 __all__ = ["DEFAULT_EPOCHS", "ComparisonResult", "run_comparison"]
@@ -72,14 +72,15 @@ def run_comparison(
     tau: float | None = None,
     train_limit: int | None = None,
     warmup: float = 0.1,
-    ramp: float = 0.5,
+    ramp: float | None = None,
     progress: bool = True,
     pattern: str = "unstructured",
 ) -> ComparisonResult:
     """Train dense and PDP twins of :class:`SmallCNN` on ``dataset`` and measure both.
 
     With an N:M ``pattern`` (e.g. "2:4") ``sparsity`` is ignored and layers N:M cannot divide
-    (the one-channel stem) stay dense; the report lists them."""
+    (the one-channel stem) stay dense; the report lists them. ``ramp`` defaults to half the steps,
+    and to :data:`~pdprune.schedule.CHANNEL_RAMP` for channels."""
     data = load_dataset(dataset)
     if train_limit is not None:
         data = data.subset(train=train_limit)
@@ -91,6 +92,8 @@ def run_comparison(
     if isinstance(parsed, Channels):  # channel masks take tau relative to t^2
         parsed = Channels(tau=tau if tau is not None else Channels().tau)
         tau = parsed.tau
+    if ramp is None:
+        ramp = CHANNEL_RAMP if isinstance(parsed, Channels) else 0.5
     tau = DEFAULT_TAU if tau is None else tau
     config_for = lambda total: PruneConfig(  # noqa: E731
         sparsity=sparsity,

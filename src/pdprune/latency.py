@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LatencyResult", "compare_latency", "speed_warnings"]
+__all__ = ["LatencyResult", "compare_latency", "compare_onnx_latency", "speed_warnings"]
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,27 @@ def _run(model: nn.Module, inputs: Any) -> None:
         model(inputs)
 
 
-def _time(model: nn.Module, inputs: Any, sync: bool) -> float:
+def _run_synced(model: nn.Module, inputs: Any, sync: bool) -> None:
+    """One forward, with the GPU drained before and after so the timer sees all of it."""
     if sync:
         torch.cuda.synchronize()
-    start = time.perf_counter()
     _run(model, inputs)
     if sync:
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1000
+
+
+def _interleaved_medians(run_dense: Any, run_pruned: Any, repeats: int, warmup: int) -> tuple[float, float]:
+    for _ in range(warmup):
+        run_dense()
+        run_pruned()
+    times: dict[str, list[float]] = {"dense": [], "pruned": []}
+    for r in range(repeats):
+        order = (("dense", run_dense), ("pruned", run_pruned)) if r % 2 == 0 else (("pruned", run_pruned), ("dense", run_dense))
+        for name, run in order:
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return statistics.median(times["dense"]), statistics.median(times["pruned"])
 
 
 def compare_latency(dense: nn.Module, pruned: nn.Module, inputs: Any, repeats: int = 30, warmup: int = 5) -> LatencyResult:
@@ -63,23 +76,67 @@ def compare_latency(dense: nn.Module, pruned: nn.Module, inputs: Any, repeats: i
     dense.eval(), pruned.eval()
     try:
         with torch.inference_mode():
-            for _ in range(warmup):
-                _run(dense, inputs)
-                _run(pruned, inputs)
-            times: dict[str, list[float]] = {"dense": [], "pruned": []}
-            for r in range(repeats):
-                order = (("dense", dense), ("pruned", pruned)) if r % 2 == 0 else (("pruned", pruned), ("dense", dense))
-                for name, model in order:
-                    times[name].append(_time(model, inputs, sync))
+            dense_ms, pruned_ms = _interleaved_medians(
+                lambda: _run_synced(dense, inputs, sync), lambda: _run_synced(pruned, inputs, sync), repeats, warmup
+            )
     finally:
         dense.train(modes[0]), pruned.train(modes[1])
-    dense_ms, pruned_ms = statistics.median(times["dense"]), statistics.median(times["pruned"])
     parameter = next(pruned.parameters(), None)
     return LatencyResult(
         batch=int(first.shape[0]) if first.dim() else 1,
         threads=torch.get_num_threads(),
         device=str(first.device),
         dtype=str(parameter.dtype).removeprefix("torch.") if parameter is not None else "-",
+        repeats=repeats,
+        dense_ms=dense_ms,
+        pruned_ms=pruned_ms,
+        speedup=dense_ms / pruned_ms,
+    )
+
+
+def compare_onnx_latency(
+    dense_path: str | Any,
+    pruned_path: str | Any,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    repeats: int = 30,
+    warmup: int = 5,
+    threads: int | None = None,
+) -> LatencyResult:
+    """Median run time of two ONNX files (e.g. :func:`pdprune.save_onnx` of a dense model and of
+    its shrunk twin) in ONNX Runtime on CPU, interleaved as :func:`compare_latency` does.
+
+    Both sessions get the same intra-op thread count (default: torch's) and ONNX Runtime's full
+    graph optimisation (it folds BatchNorm into convolutions and fuses activations, as a deployed
+    model would run). Needs ``pip install 'pdprune[onnx]'``.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError("ONNX Runtime timing needs onnxruntime: pip install 'pdprune[onnx]'") from None
+    threads = threads or torch.get_num_threads()
+    tensors = inputs if isinstance(inputs, tuple) else (inputs,)
+
+    def runner(path: Any) -> Any:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        if len(names) != len(tensors):
+            raise ValueError(f"{path} takes {len(names)} inputs, {len(tensors)} were given")
+        feeds = {n: t.detach().cpu().contiguous().numpy() for n, t in zip(names, tensors)}
+        return lambda: session.run(None, feeds)
+
+    dense_ms, pruned_ms = _interleaved_medians(runner(dense_path), runner(pruned_path), repeats, warmup)
+    first = tensors[0]
+    return LatencyResult(
+        batch=int(first.shape[0]) if first.dim() else 1,
+        threads=threads,
+        device="cpu (onnxruntime)",
+        dtype=str(first.dtype).removeprefix("torch."),
         repeats=repeats,
         dense_ms=dense_ms,
         pruned_ms=pruned_ms,

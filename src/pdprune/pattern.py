@@ -94,8 +94,8 @@ class Channels:
     half), so hardening changes nothing and the rest trains with exact 0/1 masks. 1e-3
     was chosen on the accuracy harness (Fashion-MNIST, 50% of FLOPs, 3 seeds: SmallResNet 80.72%
     vs 79.87% at 1e-2, SmallMobileNetV2 82.01% vs 80.05%; benchmarks/results).
-    ``heads``: prune the attention heads of Hugging Face BERT-family models (q, k, v rows and the
-    output projection's columns of a head together). ``groups``: groups declared by hand
+    ``heads``: prune the attention heads of Hugging Face BERT-family models and of
+    ``nn.MultiheadAttention`` (q, k, v rows and the output projection's columns of a head together). ``groups``: groups declared by hand
     (:class:`ChannelGroupSpec`); a traced group sharing a layer with one is dropped.
     ``scope``: "all" groups share the budget, or only the "expansion" groups, those whose channels
     pass through a depthwise convolution (the hidden layers of inverted-residual and separable

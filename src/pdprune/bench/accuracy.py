@@ -118,6 +118,7 @@ class AccuracyGrid:
     channel_methods: tuple[str, ...] = ("pdp", "l1channel")  # for channel pruning
     seeds: tuple[int, ...] = (0, 1, 2)
     setup: PruningSetup = PruningSetup()
+    dense: bool = True  # False: skip the dense runs (ablations that reuse an earlier dense reference)
 
     def __post_init__(self) -> None:
         unknown = [m for m in (*self.methods, *self.nm_methods, *self.channel_methods) if m not in METHODS]
@@ -211,7 +212,8 @@ def _markdown(result: dict[str, Any]) -> str:
         f"torch {result['machine']['torch']}, Python {result['machine']['python']}  ",
         f"Seeds: {', '.join(map(str, result['grid']['seeds']))}. Pruning: {result['setup_text']}",
         "",
-        "Test accuracy in %, mean ± sample sd over seeds.",
+        "Test accuracy in %, mean ± sample sd over seeds."
+        + ("" if result["grid"].get("dense", True) else " Dense models were not trained in this run (`--no-dense`)."),
     ]
     for task in result["tasks"]:
         name = task["task"]
@@ -276,7 +278,8 @@ def _plot(result: dict[str, Any], path: Path) -> Path | None:
         ax.set_xlabel("sparsity")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(task)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a channel-only run without dense plots nothing here
+            ax.legend()
     fig.tight_layout()
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
@@ -306,11 +309,14 @@ def run_accuracy(
             "methods": list(dict.fromkeys([*grid.methods, *(grid.nm_methods if any(e.patterns for e in plan) else ()),
                                            *(grid.channel_methods if any(e.channel_flops for e in plan) else ())])),
             "seeds": list(grid.seeds),
+            "dense": grid.dense,
         },
         "setup": asdict(setup),
         "setup_text": (
             f"warm-up {setup.warmup:.0%} of steps, ramp {setup.ramp:.0%} (PDP linear, GMP cubic with "
-            f"{setup.gmp_refreshes} mask refreshes, one-shot at the end of warm-up; for N:M PDP ramps each "
+            f"{setup.gmp_refreshes} mask refreshes, one-shot at the end of warm-up; "
+            f"{'' if setup.channel_ramp is None else f'channel pruning ramps over {setup.channel_ramp:.0%}; '}"
+            f"for N:M PDP ramps each "
             f"group's threshold from 0, SR-STE and one-shot apply N:M from the end of warm-up), per-layer budgets "
             f"(named in each row) fixed when pruning starts, PDP tau {setup.tau:g} (channels: {setup.channel_tau:g} "
             f"of t^2, masks hardened over the first {setup.channel_settle:.0%} of the steps after the ramp); same optimizer, LR "
@@ -330,7 +336,7 @@ def run_accuracy(
         )
         for seed in grid.seeds:
             # (method, budget rule or N:M pattern, sparsity, pattern or None)
-            jobs: list[tuple[str, str, float, str | None]] = [("dense", "dense", 0.0, None)]
+            jobs: list[tuple[str, str, float, str | None]] = [("dense", "dense", 0.0, None)] if grid.dense else []
             jobs += [(m, b, s, None) for s in entry.sparsities for b in entry.budgets for m in grid.methods]
             jobs += [(m, p, parse_pattern(p).sparsity, p) for p in entry.patterns for m in grid.nm_methods]  # type: ignore[union-attr]
             jobs += [(m, budget, f, pattern) for budget, pattern in entry.channel_budgets() for f in entry.channel_flops
@@ -432,4 +438,5 @@ def _load_result(path: Path) -> dict[str, Any]:
     if not any(row["budget"].startswith("channel") for row in result["rows"]):
         result["setup"].setdefault("channel_tau", Channels().tau)  # no channel runs: the value played no part
     result["setup"].setdefault("channel_settle", 0.5)  # the only value before the option existed
+    result["setup"].setdefault("channel_ramp", None)  # channel runs shared the ramp before it was an option
     return result

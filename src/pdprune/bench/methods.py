@@ -16,7 +16,7 @@ from pdprune.baselines import GMP, SRSTE, L1Channel, OneShot
 from pdprune.pattern import Channels
 from pdprune.config import DEFAULT_TAU, PruneConfig
 from pdprune.method import PDP, MaskMethod
-from pdprune.schedule import RampShape, Schedule
+from pdprune.schedule import CHANNEL_RAMP, RampShape, Schedule
 
 __all__ = ["METHODS", "MethodSpec", "PruningSetup"]
 
@@ -31,6 +31,7 @@ class PruningSetup:
     tau: float = DEFAULT_TAU
     channel_tau: float = Channels().tau  # relative to t^2 (channel scores have no fixed scale)
     channel_settle: float = Channels().settle  # fraction of the steps after the ramp spent hardening
+    channel_ramp: float | None = CHANNEL_RAMP  # ramp of channel pruning runs (PDP and L1-norm alike); None: ``ramp``
     gmp_refreshes: int = 10  # mask refreshes over the ramp
 
 
@@ -56,7 +57,8 @@ class MethodSpec:
         "channel" removes ``sparsity`` of the model's FLOPs by whole channels of every group,
         "channel/expansion" of the groups that pass through a depthwise convolution only."""
         channel = pattern is not None and pattern.startswith("channel")
-        schedule = Schedule(total_steps=total_steps, warmup=setup.warmup, ramp=setup.ramp, shape=self.shape)
+        ramp = setup.channel_ramp if channel and setup.channel_ramp is not None else setup.ramp
+        schedule = Schedule(total_steps=total_steps, warmup=setup.warmup, ramp=ramp, shape=self.shape)
         return PruneConfig(
             sparsity=None if pattern and not channel else sparsity,
             schedule=schedule,

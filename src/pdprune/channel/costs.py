@@ -68,8 +68,17 @@ def measure_costs(model: nn.Module, example_inputs: Any, groups: list[ChannelGro
             n = output.numel() * weight.shape[1] * math.prod(module.kernel_size)
         macs[id(module)] = macs.get(id(module), 0) + int(n)
 
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, SCORED_TYPES)]
-    handles = [m.register_forward_hook(count) for _, m in layers]
+    def count_attention(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        # nn.MultiheadAttention projects with its in_proj_weight and out_proj.weight directly (the
+        # out_proj module is never called): each projection costs tokens x its input x its output.
+        q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")[len(args):]])[:3]
+        inner = module.out_proj.in_features
+        macs[id(module)] = macs.get(id(module), 0) + (q.numel() + k.numel() + v.numel()) * inner
+        macs[id(module.out_proj)] = macs.get(id(module.out_proj), 0) + q.numel() * inner
+
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (*SCORED_TYPES, nn.MultiheadAttention))]
+    handles = [m.register_forward_hook(count_attention, with_kwargs=True) if isinstance(m, nn.MultiheadAttention)
+               else m.register_forward_hook(count) for _, m in layers]
     was_training = model.training
     model.eval()
     try:
@@ -81,6 +90,19 @@ def measure_costs(model: nn.Module, example_inputs: Any, groups: list[ChannelGro
             h.remove()
     costs = []
     for name, m in layers:
+        if isinstance(m, nn.MultiheadAttention):  # its q, k, v projection (out_proj is a Linear of its own)
+            weight, bias_tensor = m.in_proj_weight, m.in_proj_bias
+            if weight is None:  # separate q/k/v weights: not prunable by heads, counted as they are
+                weights = [w for w in (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight) if w is not None]
+                bias = bias_tensor.numel() if bias_tensor is not None else 0
+                costs.append(LayerCost(name, "MultiheadAttention (q, k, v)", sum(w.shape[0] for w in weights),
+                                       m.embed_dim, sum(w.numel() for w in weights) + bias, bias, macs.get(id(m), 0),
+                                       None, (), False))
+                continue
+            bias = bias_tensor.numel() if bias_tensor is not None else 0
+            costs.append(LayerCost(name, "MultiheadAttention (q, k, v)", weight.shape[0], weight.shape[1],
+                                   weight.numel() + bias, bias, macs.get(id(m), 0), out_group.get(id(m)), (), False))
+            continue
         if isinstance(m, nn.Linear):
             out_ch, in_ch, depthwise = m.out_features, m.in_features, False
         else:

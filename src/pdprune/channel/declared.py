@@ -21,7 +21,8 @@ from pdprune.pattern import ChannelGroupSpec
 
 __all__ = ["apply_removals", "attention_head_specs", "build_declared", "remove_units"]
 
-Removal = list[Any]  # [module name, is output side, channel indices], as the traced graph records
+Removal = list[Any]  # [module name, is output side, channel indices], as the traced graph records;
+# [attention name, "heads", head indices] for the heads of an nn.MultiheadAttention
 
 
 def attention_head_specs(model: nn.Module) -> list[ChannelGroupSpec]:
@@ -132,6 +133,11 @@ def remove_units(group: ChannelGroup, units: list[int], modules: dict[str, nn.Mo
     change), update its size attributes and return (removals, {"module.attr": new value})."""
     if not units:
         return [], {}
+    if group.origin == "mha-heads":
+        from pdprune.channel.attention import remove_mha_heads
+
+        remove_mha_heads(modules[group.name], sorted(units))  # type: ignore[arg-type]
+        return [[group.name, "heads", sorted(units)]], {}
     indices = group.channel_indices(sorted(units))
     removals: list[Removal] = [[m.name, True, indices] for m in group.members]
     removals += [[name, False, indices] for name in group.consumers]
@@ -145,9 +151,16 @@ def apply_removals(modules: dict[str, nn.Module], removals: list[Removal], attri
     """Replay removals and attribute updates (as :func:`remove_units` returned them)."""
     import torch_pruning as tp
 
+    from pdprune.channel.attention import remove_mha_heads
+
     pruners = tp.DependencyGraph()
     for name, output_side, indices in removals:
         module = modules.get(name)
+        if output_side == "heads":  # whole heads of an nn.MultiheadAttention
+            if not isinstance(module, nn.MultiheadAttention):
+                raise ValueError(f"cannot remove attention heads of {name!r}: no nn.MultiheadAttention of that name")
+            remove_mha_heads(module, list(indices))
+            continue
         pruner = pruners.get_pruner_of_module(module) if module is not None else None
         if pruner is None:
             raise ValueError(f"cannot remove channels of {name!r}: no such Linear, convolution or norm in this model")

@@ -37,15 +37,26 @@ class ChannelMember:
     module: nn.Module
     weight_dim: int  # channel axis of ``module.weight``
     scored: bool  # its weights count in the channel score (Linear and convolutions)
+    weight_name: str = "weight"
+    bias_name: str = "bias"
+    fold: int = 1  # the channel axis holds this many stacked copies of the group's channels (q, k, v: 3)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.module, self.weight_name)
 
     def channel_params(self) -> list[tuple[str, int]]:
         """(parameter name, channel axis) of the parameters this member's mask multiplies."""
         params = []
-        if getattr(self.module, "weight", None) is not None:
-            params.append(("weight", self.weight_dim))
-        if getattr(self.module, "bias", None) is not None:
-            params.append(("bias", 0))
+        if getattr(self.module, self.weight_name, None) is not None:
+            params.append((self.weight_name, self.weight_dim))
+        if getattr(self.module, self.bias_name, None) is not None:
+            params.append((self.bias_name, 0))
         return params
+
+    def stacked(self, per_channel: torch.Tensor) -> torch.Tensor:
+        """A per-channel tensor laid out along this member's channel axis (repeated ``fold`` times)."""
+        return per_channel if self.fold == 1 else per_channel.repeat(self.fold)
 
 
 @dataclass
@@ -71,7 +82,7 @@ class ChannelGroup:
 
     @property
     def unit_name(self) -> str:
-        return "heads" if self.origin == "heads" else "channels" if self.width == 1 else "units"
+        return "heads" if self.origin in ("heads", "mha-heads") else "channels" if self.width == 1 else "units"
 
     def has_depthwise(self) -> bool:
         """Whether the channels pass through a depthwise convolution (an expansion layer)."""
@@ -91,8 +102,20 @@ class ChannelGroup:
         return [u * self.width + i for u in units for i in range(self.width)]
 
     def scored_weights(self) -> list[tuple[torch.Tensor, int]]:
-        """The Linear/conv weights of the group's channels (what L1-norm filter pruning ranks)."""
-        return [(m.module.weight, m.weight_dim) for m in self.members if m.scored]
+        """The Linear/conv weights of the group's channels (what L1-norm filter pruning ranks); a
+        weight stacking several copies of the channels (q, k, v) is viewed with the copies on
+        their own axis, so each channel's score sums over them."""
+        weights = []
+        for m in self.members:
+            if not m.scored:
+                continue
+            weight = m.weight
+            if m.fold > 1:
+                weight = weight.view(*weight.shape[:m.weight_dim], m.fold, -1, *weight.shape[m.weight_dim + 1:])
+                weights.append((weight, m.weight_dim + 1))
+            else:
+                weights.append((weight, m.weight_dim))
+        return weights
 
     def scale_weights(self) -> list[tuple[torch.Tensor, int]]:
         """The parameters that set the channels' output scale, which PDP's channel norm measures.
@@ -233,6 +256,12 @@ def find_channel_groups(
             skipped[spec.name] = built
         else:
             special.append(built)
+    if heads:
+        from pdprune.channel.attention import mha_head_groups
+
+        found, reasons = mha_head_groups(model, keep_module, exclude)
+        special += [g for g in found if g.name not in {s.name for s in special}]
+        skipped |= reasons
     claimed_out = {m.name for g in special for m in g.members}
     claimed_in = {c for g in special for c in g.consumers}
     for group in graph.get_all_groups(ignored_layers=[], root_module_types=SCORED_TYPES):
@@ -315,7 +344,7 @@ def zero_channels(group: ChannelGroup, keep: torch.Tensor, modules: dict[str, nn
                 parameter = getattr(module, param_name)
                 shape = [1] * parameter.dim()
                 shape[dim] = -1
-                parameter.masked_fill_(~keep.view(shape), 0)  # +0.0, not the -0.0 a multiply leaves
+                parameter.masked_fill_(~member.stacked(keep).view(shape), 0)  # +0.0, not the -0.0 a multiply leaves
             running = getattr(module, "running_mean", None)
             if isinstance(running, torch.Tensor) and running.shape == keep.shape:
                 # A norm without affine parameters outputs -mean/std for a zero input channel in

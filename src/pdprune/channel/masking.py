@@ -94,7 +94,7 @@ class ChannelHook:
             shape = [1] * parameter.dim()
             shape[dim] = -1
             saved.append((name, parameter))
-            module._parameters[name] = (parameter * m.view(shape).to(parameter.dtype))  # type: ignore[assignment]
+            module._parameters[name] = (parameter * self.member.stacked(m).view(shape).to(parameter.dtype))  # type: ignore[assignment]
         self._stash.append(saved)
 
     @torch.compiler.disable

@@ -297,7 +297,8 @@ def _nonzero_in_pruned(group: Any, keep: torch.Tensor) -> bool:
     for member in group.members:
         for param_name, dim in member.channel_params():
             parameter = getattr(member.module, param_name).detach()
-            if bool(parameter.index_select(dim, (~keep).nonzero().flatten().to(parameter.device)).ne(0).any()):
+            dropped = (~member.stacked(keep)).nonzero().flatten().to(parameter.device)
+            if bool(parameter.index_select(dim, dropped).ne(0).any()):
                 return True
     return False
 
