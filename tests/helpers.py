@@ -51,7 +51,9 @@ def batch(step: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def config(total: int = 60, sparsity: float = 0.9, **kwargs) -> pdprune.PruneConfig:
-    schedule = pdprune.Schedule(total_steps=total, warmup=kwargs.pop("warmup", 10), ramp=kwargs.pop("ramp", 30))
+    schedule = pdprune.Schedule(
+        total_steps=total, warmup=kwargs.pop("warmup", 10), ramp=kwargs.pop("ramp", 30)
+    )
     return pdprune.PruneConfig(sparsity=sparsity, schedule=schedule, **kwargs)
 
 

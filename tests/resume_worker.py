@@ -23,7 +23,11 @@ def main(phase: str, stop: int, path: str, checkpoint_path: str = "") -> None:
         start = pruner.step_count
     train_steps(model, pruner, optimizer, start, stop)
     if phase == "first":
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "pruner": pruner.state_dict()}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "pruner": pruner.state_dict(),
+        }
         torch.save(state, path)
         return
     pruner.finalize()

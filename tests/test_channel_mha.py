@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import pdprune
-from pdprune.channel.attention import HeadPrunedMultiheadAttention, remove_mha_heads
+from pdprune.channel.attention import HeadPrunedMultiheadAttention, MHAHeadGroup, remove_mha_heads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +59,10 @@ def test_removed_heads_compute_what_the_zeroed_heads_did(batch_first, need_weigh
         query, memory = query.transpose(0, 1), memory.transpose(0, 1)
     kwargs = {"need_weights": need_weights}
     if masks == "bool":
-        kwargs |= {"attn_mask": torch.rand(5, 6) > 0.7, "key_padding_mask": torch.tensor([[False] * 5 + [True], [False] * 6])}
+        kwargs |= {
+            "attn_mask": torch.rand(5, 6) > 0.7,
+            "key_padding_mask": torch.tensor([[False] * 5 + [True], [False] * 6]),
+        }
         kwargs["attn_mask"][:, 0] = False  # every query sees at least one key
     elif masks == "float":
         kwargs |= {"attn_mask": torch.randn(5, 6), "key_padding_mask": torch.randn(2, 6)}
@@ -101,10 +104,13 @@ def test_unbatched_inputs_causal_hint_and_a_second_removal_keep_original_head_in
 def test_vit_heads_are_found_trained_removed_and_budgeted_by_flops():
     torch.manual_seed(0)
     model, x = TinyViT(), torch.randn(4, 1, 28, 28)
-    config = pdprune.PruneConfig(sparsity=0.5, pattern=pdprune.Channels(unit="flops"),
-                                 schedule=pdprune.Schedule(20, warmup=0.1, ramp=0.5))
+    config = pdprune.PruneConfig(
+        sparsity=0.5,
+        pattern=pdprune.Channels(unit="flops"),
+        schedule=pdprune.Schedule(20, warmup=0.1, ramp=0.5),
+    )
     pruner = pdprune.prepare(model, config, example_inputs=x[:2])
-    attention = {n: g for n, g in pruner.groups.items() if g.origin == "mha-heads"}
+    attention = {n: g for n, g in pruner.groups.items() if isinstance(g, MHAHeadGroup)}
     assert set(attention) == {"encoder.layers.0.self_attn", "encoder.layers.1.self_attn"}
     assert all(g.channels == 4 and g.width == 8 for g in attention.values())
     keys = set(model.state_dict())
@@ -130,7 +136,10 @@ def test_vit_heads_are_found_trained_removed_and_budgeted_by_flops():
     report = pruner.report()
     rows = {layer.name: layer for layer in report.layers}
     assert rows["encoder.layers.0.self_attn"].macs[1] == rows["encoder.layers.0.self_attn"].macs[0] // 2
-    assert rows["encoder.layers.0.self_attn.out_proj"].params[1] < rows["encoder.layers.0.self_attn.out_proj"].params[0]
+    assert (
+        rows["encoder.layers.0.self_attn.out_proj"].params[1]
+        < rows["encoder.layers.0.self_attn.out_proj"].params[0]
+    )
     assert 0.5 <= report.achieved_sparsity < 0.55
     assert "heads: 4 of 8 kept" in report.to_text()
 
@@ -155,15 +164,22 @@ def test_attention_that_cannot_lose_heads_is_left_alone_with_the_reason():
     assert "separate q/k/v weights" in pruner.skipped["kv"]
     assert "add_bias_kv" in pruner.skipped["bias_kv"]
     assert set(pruner.groups) == {"hidden"}
-    off = pdprune.prepare(TinyViT(), pdprune.PruneConfig(sparsity=0.5, pattern=pdprune.Channels(heads=False),
-                                                         schedule=pdprune.Schedule(10)), example_inputs=torch.randn(2, 1, 28, 28))
-    assert not any(g.origin == "mha-heads" for g in off.groups.values())
+    off = pdprune.prepare(
+        TinyViT(),
+        pdprune.PruneConfig(
+            sparsity=0.5, pattern=pdprune.Channels(heads=False), schedule=pdprune.Schedule(10)
+        ),
+        example_inputs=torch.randn(2, 1, 28, 28),
+    )
+    assert not any(isinstance(g, MHAHeadGroup) for g in off.groups.values())
 
 
 def test_vit_heads_round_trip_through_the_portable_checkpoint_in_a_fresh_process(tmp_path):
     torch.manual_seed(2)
     model, x = TinyViT(), torch.randn(3, 1, 28, 28)
-    config = pdprune.PruneConfig(sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(1, warmup=0, ramp=0))
+    config = pdprune.PruneConfig(
+        sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(1, warmup=0, ramp=0)
+    )
     pruner = pdprune.prepare(model, config, example_inputs=x[:1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # hardening at step 0: shapes are the point
@@ -187,19 +203,24 @@ def test_vit_heads_round_trip_through_the_portable_checkpoint_in_a_fresh_process
         "assert float((out - io['expected']).abs().max()) < 1e-5\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(ROOT)], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
-@pytest.mark.skipif(not all(__import__("importlib").util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
-                    reason="install with: pip install 'pdprune[onnx]'")
+@pytest.mark.skipif(
+    not all(__import__("importlib").util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
+    reason="install with: pip install 'pdprune[onnx]'",
+)
 def test_a_vit_with_removed_heads_exports_to_onnx(tmp_path):
     from pdprune.export import save_onnx
 
     torch.manual_seed(3)
     model, x = TinyViT(), torch.randn(2, 1, 28, 28)
-    config = pdprune.PruneConfig(sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(1, warmup=0, ramp=0))
+    config = pdprune.PruneConfig(
+        sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(1, warmup=0, ramp=0)
+    )
     pruner = pdprune.prepare(model, config, example_inputs=x[:1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

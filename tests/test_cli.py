@@ -8,11 +8,13 @@ import sys
 import pytest
 
 from pdprune import cli
-from pdprune.data import fashion_mnist
+from pdprune.demo import data as fashion_mnist
 
 
 def test_demo_quick_run_prints_comparison_and_writes_results(tmp_path, capsys):
-    code = cli.main(["demo", "--epochs", "3", "--train-limit", "400", "--out", str(tmp_path), "--no-progress"])
+    code = cli.main(
+        ["demo", "--epochs", "3", "--train-limit", "400", "--out", str(tmp_path), "--no-progress"]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "nonzero parameters" in out and "PDP 90%" in out
@@ -20,11 +22,27 @@ def test_demo_quick_run_prints_comparison_and_writes_results(tmp_path, capsys):
     assert comparison["achieved_sparsity"] == pytest.approx(0.9, abs=0.005)
     assert 0.0 <= comparison["pruned_accuracy"] <= 1.0
     assert comparison["epochs"] == 3 and comparison["train_examples"] == 400
-    assert {p.name for p in tmp_path.iterdir()} == {"comparison.json", "report.json", "report.txt", "sparsity.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "comparison.json",
+        "report.json",
+        "report.txt",
+        "sparsity.png",
+    }
 
 
 def test_demo_with_a_2_4_pattern(tmp_path, capsys):
-    args = ["demo", "--pattern", "2:4", "--epochs", "2", "--train-limit", "300", "--out", str(tmp_path), "--no-progress"]
+    args = [
+        "demo",
+        "--pattern",
+        "2:4",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "300",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "pattern 2:4" in out and "PDP 2:4" in out and "features.0.weight: left dense" in out
@@ -33,10 +51,23 @@ def test_demo_with_a_2_4_pattern(tmp_path, capsys):
 
 
 def test_demo_channel_pattern_shrinks_and_measures_latency(tmp_path, capsys):
-    args = ["demo", "--pattern", "channel", "--epochs", "2", "--train-limit", "300", "--out", str(tmp_path), "--no-progress"]
+    args = [
+        "demo",
+        "--pattern",
+        "channel",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "300",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
-    assert "50% of the channels" in out and "(removed)" in out and "measured speedup of the shrunk model" in out
+    assert (
+        "50% of the channels" in out and "(removed)" in out and "measured speedup of the shrunk model" in out
+    )
     comparison = json.loads((tmp_path / "comparison.json").read_text())
     assert comparison["pattern"] == "channel" and comparison["report"]["shrunk"]
     assert comparison["pruned_nonzero_params"] < comparison["dense_params"] / 2
@@ -69,8 +100,13 @@ def test_missing_fashion_mnist_says_how_to_install(tmp_path, monkeypatch, capsys
 
 
 def test_console_script_help():
-    result = subprocess.run([sys.executable, "-m", "pdprune.cli", "demo", "--help"], capture_output=True, text=True,
-                            env=dict(os.environ))
+    result = subprocess.run(
+        [sys.executable, "-m", "pdprune.cli", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        check=False,
+    )
     assert result.returncode == 0 and "--sparsity" in result.stdout
 
 

@@ -1,13 +1,19 @@
-"""Dataset loaders on real data."""
+"""Dataset loaders on real data: the demo's (in the library) and the benchmark harness's."""
 
 import gzip
 import struct
 
 import numpy as np
 import pytest
+import torch
 
-from pdprune.data import FashionMNISTNotFound, load_digits, load_fashion_mnist
-from pdprune.data.fashion_mnist import find_fashion_mnist, read_idx
+from pdprune.demo.data import (
+    FashionMNISTNotFound,
+    find_fashion_mnist,
+    load_digits,
+    load_fashion_mnist,
+    read_idx,
+)
 
 
 def test_digits_split_is_fixed_and_standardised():
@@ -37,9 +43,32 @@ def _fashion_mnist_installed() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _fashion_mnist_installed(), reason="install with: apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not _fashion_mnist_installed(), reason="install with: apt-get install dataset-fashion-mnist"
+)
 def test_fashion_mnist_loads_the_official_split():
     data = load_fashion_mnist()
     assert data.x_train.shape == (60000, 1, 28, 28) and data.x_test.shape == (10000, 1, 28, 28)
     assert np.bincount(data.y_train.numpy()).tolist() == [6000] * 10
     assert abs(float(data.x_train.mean())) < 0.01
+
+
+@pytest.mark.skipif(
+    not _fashion_mnist_installed(), reason="install with: apt-get install dataset-fashion-mnist"
+)
+def test_the_harness_loads_the_same_fashion_mnist_as_the_demo():
+    from benchmarks.harness.data import load_dataset
+
+    harness, demo = load_dataset("fashion-mnist"), load_fashion_mnist()
+    assert harness.image_shape == demo.image_shape == (1, 28, 28)
+    assert torch.equal(harness.x_test, demo.x_test) and torch.equal(harness.y_train[:100], demo.y_train[:100])
+
+
+def test_the_harness_says_how_to_install_missing_data(tmp_path, monkeypatch):
+    from benchmarks.harness.data import FashionMNISTNotFound as Missing
+    from benchmarks.harness.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "absent")
+    monkeypatch.delenv(fashion_mnist.ENV_VAR, raising=False)
+    with pytest.raises(Missing, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist.load_fashion_mnist()

@@ -41,7 +41,8 @@ def _worker(rank: int, store_file: str, result_dir: str) -> None:
         soft = {}
         with torch.no_grad():
             for tensor in pruner.tensors:
-                soft[tensor.name] = pruner.states[tensor.name].masked(tensor.parameter).clone()
+                state = pruner.state[tensor.name]
+                soft[tensor.name] = pruner.config.method.mask_weight(tensor.parameter, tensor, state).clone()
         hard = pruner.masks()
         report = pruner.finalize()
         torch.save(

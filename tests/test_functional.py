@@ -132,7 +132,7 @@ def test_huge_bf16_weights_do_not_overflow_the_mask():
 def test_non_finite_weights_raise_clear_error(bad):
     weight = torch.randn(10)
     weight[3] = bad
-    with pytest.raises(FloatingPointError, match="NaN or infinite.*learning rate"):
+    with pytest.raises(FloatingPointError, match=r"NaN or infinite.*learning rate"):
         midpoint_threshold(weight, 0.5)
     with pytest.raises(FloatingPointError):
         hard_mask(weight, 0.5)

@@ -15,7 +15,10 @@ from pdprune.kernels import MIN_FUSED_NUMEL, fused_kernels, kernels_for
 _WHY_NOT = kernels._self_check(torch.device("cpu"), torch.float32)
 pytestmark = pytest.mark.skipif(
     _WHY_NOT is not None,
-    reason=f"fused kernels do not compile here ({_WHY_NOT}): torch.compile needs a C++ compiler (apt-get install g++)",
+    reason=(
+        f"fused kernels do not compile here ({_WHY_NOT}): torch.compile needs a C++ compiler (apt-get "
+        "install g++)"
+    ),
 )
 
 
@@ -27,8 +30,16 @@ def _run(k, weight: torch.Tensor, t: torch.Tensor, tau: float, grad: torch.Tenso
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("shape", "pattern"), [((48, 64), "unstructured"), ((16, 8, 3, 3), "unstructured"),
-                                                ((300,), "unstructured"), ((48, 64), "2:4"), ((16, 8, 3, 3), "2:4")])
+@pytest.mark.parametrize(
+    ("shape", "pattern"),
+    [
+        ((48, 64), "unstructured"),
+        ((16, 8, 3, 3), "unstructured"),
+        ((300,), "unstructured"),
+        ((48, 64), "2:4"),
+        ((16, 8, 3, 3), "2:4"),
+    ],
+)
 def test_fused_kernels_match_eager_ones(dtype, shape, pattern):
     torch.manual_seed(0)
     weight = (0.05 * torch.randn(shape)).to(dtype)
@@ -76,7 +87,9 @@ def test_fused_gradient_passes_gradcheck():
     weight = (0.05 * torch.randn(6, 8, dtype=torch.float64)).requires_grad_()
     t = midpoint_threshold(weight, 0.5)
     fused = fused_kernels()
-    assert torch.autograd.gradcheck(lambda w: soft_masked_weight(w, t, 1e-2, fused), (weight,), eps=1e-4, atol=1e-3, rtol=1e-3)
+    assert torch.autograd.gradcheck(
+        lambda w: soft_masked_weight(w, t, 1e-2, fused), (weight,), eps=1e-4, atol=1e-3, rtol=1e-3
+    )
 
 
 def test_auto_fuses_large_layers_only_and_eager_never():
@@ -94,7 +107,7 @@ def test_a_compiler_that_fails_warns_under_auto_and_raises_under_fused(monkeypat
     large = torch.zeros(MIN_FUSED_NUMEL)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler.*same results"):
         assert kernels_for(large, "auto") is EAGER_KERNELS
-    with pytest.raises(RuntimeError, match="kernels='fused'.*no C\\+\\+ compiler.*kernels='eager'"):
+    with pytest.raises(RuntimeError, match=r"kernels='fused'.*no C\+\+ compiler.*kernels='eager'"):
         kernels_for(large, "fused")
 
 
@@ -119,8 +132,10 @@ def test_fused_band_search_gives_the_exact_threshold(size, sparsity, hint_scale,
         weight = (weight * 4).round() / 4  # many equal magnitudes, also at the cut and on the edges
     weight = weight.to(dtype)
     reference = midpoint_threshold(weight, sparsity)
-    assert torch.equal(midpoint_threshold(weight, sparsity, hint=float(reference) * hint_scale, kernels=fused_kernels()),
-                       reference)
+    assert torch.equal(
+        midpoint_threshold(weight, sparsity, hint=float(reference) * hint_scale, kernels=fused_kernels()),
+        reference,
+    )
 
 
 def test_fused_band_search_is_used_near_the_answer_and_selects_from_the_band_only(monkeypatch):
@@ -130,7 +145,9 @@ def test_fused_band_search_is_used_near_the_answer_and_selects_from_the_band_onl
     sizes = []
     real_topk = torch.topk
     monkeypatch.setattr(torch, "topk", lambda x, k, **kw: (sizes.append(x.numel()), real_topk(x, k, **kw))[1])
-    assert torch.equal(midpoint_threshold(weight, 0.9, hint=float(reference) * 1.01, kernels=fused_kernels()), reference)
+    assert torch.equal(
+        midpoint_threshold(weight, 0.9, hint=float(reference) * 1.01, kernels=fused_kernels()), reference
+    )
     assert sizes and max(sizes) < 2_000  # the band (about 1% of the weights), not all 100,000
 
 
@@ -156,18 +173,21 @@ def test_fused_band_search_catches_nan_weights():
 def test_pdp_layers_of_fused_size_select_t_exactly_through_the_band_search(monkeypatch):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(1024, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4))
-    config = pdprune.PruneConfig(sparsity=0.9, schedule=pdprune.Schedule(total_steps=6, warmup=0, ramp=0.5),
-                                 include=[r"^0$"])
+    config = pdprune.PruneConfig(
+        sparsity=0.9, schedule=pdprune.Schedule(total_steps=6, warmup=0, ramp=0.5), include=[r"^0$"]
+    )
     pruner = pdprune.prepare(model, config)
     called = []
     real_call = kernels._call
-    monkeypatch.setattr(kernels, "_call", lambda name, *args: (called.append(name), real_call(name, *args))[1])
+    monkeypatch.setattr(
+        kernels, "_call", lambda name, *args: (called.append(name), real_call(name, *args))[1]
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    state = next(iter(pruner.states.values()))
+    name, target = next(iter(pruner.targets.items()))
     for _ in range(4):
         model(torch.randn(8, 1024)).square().mean().backward()
-        t = state.threshold(model[0].weight)
-        assert torch.equal(t, midpoint_threshold(model[0].weight, state.sparsity))
+        t = pruner.config.method.threshold(model[0].weight, target, pruner.state[name])
+        assert torch.equal(t, midpoint_threshold(model[0].weight, target.sparsity))
         optimizer.step()
         optimizer.zero_grad()
         pruner.step()

@@ -7,8 +7,8 @@ import torch
 
 from pdprune.bench.latency import run_latency_benchmark
 from pdprune.cli import main
+from pdprune.demo import SmallCNN
 from pdprune.latency import compare_latency, compare_onnx_latency, speed_warnings
-from pdprune.models import SmallCNN
 
 
 def test_warnings_name_patterns_that_cannot_pay_on_the_device():
@@ -31,8 +31,10 @@ def test_compare_latency_restores_modes_and_reports_the_batch():
     assert result.speedup == pytest.approx(result.dense_ms / result.pruned_ms)
 
 
-@pytest.mark.skipif(not all(__import__("importlib").util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
-                    reason="install with: pip install 'pdprune[onnx]'")
+@pytest.mark.skipif(
+    not all(__import__("importlib").util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
+    reason="install with: pip install 'pdprune[onnx]'",
+)
 def test_onnx_files_are_timed_side_by_side_in_onnx_runtime(tmp_path):
     from pdprune.export import save_onnx
 
@@ -42,8 +44,15 @@ def test_onnx_files_are_timed_side_by_side_in_onnx_runtime(tmp_path):
     x = torch.randn(4, 64)
     save_onnx(wide, tmp_path / "wide.onnx", x)
     save_onnx(narrow, tmp_path / "narrow.onnx", x)
-    result = compare_onnx_latency(tmp_path / "wide.onnx", tmp_path / "narrow.onnx", x, repeats=3, warmup=1, threads=1)
-    assert result.device == "cpu (onnxruntime)" and result.threads == 1 and result.batch == 4 and result.repeats == 3
+    result = compare_onnx_latency(
+        tmp_path / "wide.onnx", tmp_path / "narrow.onnx", x, repeats=3, warmup=1, threads=1
+    )
+    assert (
+        result.device == "cpu (onnxruntime)"
+        and result.threads == 1
+        and result.batch == 4
+        and result.repeats == 3
+    )
     assert result.dense_ms > 0 and result.pruned_ms > 0
     assert result.speedup == pytest.approx(result.dense_ms / result.pruned_ms)
     with pytest.raises(ValueError, match="takes 1 inputs, 2 were given"):
@@ -53,8 +62,25 @@ def test_onnx_files_are_timed_side_by_side_in_onnx_runtime(tmp_path):
 
 
 def test_bench_latency_writes_rows_for_every_pattern_and_batch(tmp_path, capsys):
-    code = main(["bench", "latency", "--model", "small-cnn", "--batches", "1", "2", "--repeats", "2",
-                 "--threads", "1", "--out", str(tmp_path), "--tag", "t"])
+    code = main(
+        [
+            "bench",
+            "latency",
+            "--model",
+            "small-cnn",
+            "--batches",
+            "1",
+            "2",
+            "--repeats",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--tag",
+            "t",
+        ]
+    )
     assert code == 0
     payload = json.loads((tmp_path / "latency_t.json").read_text())
     rows = {(r["pattern"], r["batch"]) for r in payload["rows"]}
@@ -72,9 +98,101 @@ def test_bench_latency_writes_rows_for_every_pattern_and_batch(tmp_path, capsys)
 
 def test_bench_latency_refuses_what_it_cannot_measure(tmp_path, capsys):
     if not torch.cuda.is_available():
-        assert main(["bench", "latency", "--model", "small-cnn", "--device", "cuda", "--out", str(tmp_path)]) == 2
+        assert (
+            main(["bench", "latency", "--model", "small-cnn", "--device", "cuda", "--out", str(tmp_path)])
+            == 2
+        )
         assert "no CUDA GPU" in capsys.readouterr().err
-    assert main(["bench", "latency", "--model", "small-cnn", "--patterns", "3:2", "--out", str(tmp_path)]) == 2
+    assert (
+        main(["bench", "latency", "--model", "small-cnn", "--patterns", "3:2", "--out", str(tmp_path)]) == 2
+    )
     assert "0 < N < M" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown model"):
         run_latency_benchmark(model="vgg")
+
+
+def test_bench_latency_runs_a_users_own_model(tmp_path, capsys):
+    args = [
+        "bench",
+        "latency",
+        "--model",
+        "tests.user_model:tiny_mlp",
+        "--input-shape",
+        "1,16",
+        "--batches",
+        "1",
+        "3",
+        "--repeats",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    payload = json.loads((tmp_path / "latency_tiny_mlp-cpu.json").read_text())  # named by the callable
+    measured = {(r["pattern"], r["batch"]) for r in payload["rows"]}
+    assert measured == {(p, b) for p in ("unstructured", "2:4", "channel") for b in (1, 3)}
+    assert payload["model"] == "tests.user_model:tiny_mlp" and payload["input_shape"] == [16]
+    assert payload["command"] == "pdprune " + " ".join(args) and payload["commit"]
+    channel = next(r for r in payload["rows"] if r["pattern"] == "channel")
+    assert channel["params"][1] < channel["params"][0]
+    text = (tmp_path / "latency_tiny_mlp-cpu.md").read_text()
+    assert f"Command: `{payload['command']}`" in text and f"Commit: {payload['commit']}" in text
+
+
+def test_bench_latency_console_script_imports_the_model_from_the_working_directory(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "pdprune"
+    if not script.exists():
+        pytest.skip("the pdprune console script is not installed next to this Python")
+    root = Path(__file__).resolve().parent.parent
+    args = [
+        "bench",
+        "latency",
+        "--model",
+        "tests.user_model:tiny_mlp",
+        "--input-shape",
+        "1,16",
+        "--patterns",
+        "channel",
+        "--batches",
+        "1",
+        "--repeats",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--tag",
+        "cli",
+    ]
+    done = subprocess.run(
+        [str(script), *args], cwd=root, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "latency_cli.json").read_text())["rows"][0]["pattern"] == "channel"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "tests.user_model:tiny_mlp"], "give --input-shape"),
+        (["--model", "tests.user_model:absent", "--input-shape", "1,16"], "has no 'absent'"),
+        (["--model", "tests.user_model:not_a_factory", "--input-shape", "1,16"], "not callable"),
+        (["--model", "tests.no_such_module:f", "--input-shape", "1,16"], "cannot import"),
+        (["--model", "vgg"], "MODULE:CALLABLE"),
+    ],
+)
+def test_bench_latency_says_what_is_wrong_with_a_model(args, message, tmp_path, capsys):
+    assert main(["bench", "latency", *args, "--repeats", "1", "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_input_shapes_are_usage_errors(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "latency", "--model", "tests.user_model:tiny_mlp", "--input-shape", "16"])
+    assert "batch size" in capsys.readouterr().err

@@ -21,13 +21,13 @@ def finalized_report():
 
 def test_report_figures_are_measured_on_the_weights(finalized_report):
     model, report = finalized_report
-    zeros = sum(int((model.get_parameter(l.name) == 0).sum()) for l in report.layers)
+    zeros = sum(int((model.get_parameter(layer.name) == 0).sum()) for layer in report.layers)
     assert report.removed_params == zeros
     assert report.model_params == sum(p.numel() for p in model.parameters())
     assert report.pruned_params == 16 * 64 + 64 * 64 + 64 * 4
     data = report.to_dict()
     assert data["nonzero_pruned_params"] == report.pruned_params - zeros
-    assert [l["shape"] for l in data["layers"]] == [[64, 16], [64, 64], [4, 64]]
+    assert [layer["shape"] for layer in data["layers"]] == [[64, 16], [64, 64], [4, 64]]
 
 
 def test_text_table_lists_every_layer_and_totals(finalized_report):
@@ -43,7 +43,10 @@ def test_save_writes_json_text_and_plot(tmp_path, finalized_report):
     _, report = finalized_report
     written = report.save(tmp_path / "out", plot=True)
     assert sorted(p.name for p in written) == ["report.json", "report.txt", "sparsity.png"]
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["achieved_sparsity"] == report.achieved_sparsity
+    assert (
+        json.loads((tmp_path / "out" / "report.json").read_text())["achieved_sparsity"]
+        == report.achieved_sparsity
+    )
     assert (tmp_path / "out" / "sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in os.listdir(tmp_path / "out") if p.endswith(".tmp")]
 

@@ -5,9 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.harness.models import SmallResNet
 from pdprune import PruneConfig, Schedule, prepare
 from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count
-from pdprune.models import SmallResNet
 
 
 def test_linear_ramp_in_steps():
@@ -26,7 +26,7 @@ def test_fractions_of_training():
 def test_cubic_ramp_prunes_early():
     lin = Schedule(total_steps=100, warmup=0, ramp=50)
     cub = Schedule(total_steps=100, warmup=0, ramp=50, shape="cubic")
-    for step in range(0, 49):
+    for step in range(49):
         assert cub.progress(step) >= lin.progress(step)
     assert cub.progress(49) == 1.0
     assert all(cub.progress(i + 1) >= cub.progress(i) for i in range(99))
@@ -118,7 +118,9 @@ def test_erk_keeps_small_and_thin_layers_denser():
     assert budgets[3] < budgets[1]
     # Densities follow sum(shape)/prod(shape) among the layers that are not capped.
     density = [1 - r for r in budgets]
-    ratio = (sum(shapes[2]) / torch.Size(shapes[2]).numel()) / (sum(shapes[1]) / torch.Size(shapes[1]).numel())
+    ratio = (sum(shapes[2]) / torch.Size(shapes[2]).numel()) / (
+        sum(shapes[1]) / torch.Size(shapes[1]).numel()
+    )
     assert density[2] / density[1] == pytest.approx(ratio, rel=0.01)
 
 

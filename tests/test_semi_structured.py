@@ -5,12 +5,14 @@ import torch
 from torch import nn
 
 import pdprune
-from pdprune.semi_structured import choose_sparse, is_2to4
+from pdprune.export.semi_structured import choose_sparse, is_2to4
 
 
 def two_four_mlp(d: int = 64, hidden: int = 128) -> nn.Module:
     model = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d))
-    pruner = pdprune.prepare(model, pdprune.PruneConfig(pattern="2:4", schedule=pdprune.Schedule(1, warmup=0, ramp=0)))
+    pruner = pdprune.prepare(
+        model, pdprune.PruneConfig(pattern="2:4", schedule=pdprune.Schedule(1, warmup=0, ramp=0))
+    )
     pruner.step()
     pruner.finalize()
     return model
@@ -36,12 +38,14 @@ def test_the_sparse_kernel_is_chosen_only_when_measured_faster():
 
 
 def test_on_a_cpu_the_refusal_names_the_hardware_and_the_alternative():
-    with pytest.raises(RuntimeError, match="only on CUDA GPUs.*save_sparse"):
+    with pytest.raises(RuntimeError, match=r"only on CUDA GPUs.*save_sparse"):
         pdprune.accelerate_2to4(two_four_mlp(), torch.randn(4, 64))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
-                    reason="needs a CUDA GPU with sparse tensor cores")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+    reason="needs a CUDA GPU with sparse tensor cores",
+)
 def test_on_a_gpu_layers_go_sparse_only_past_the_bar_and_outputs_hold():
     model = two_four_mlp(1024, 4096).half().cuda().eval()
     x = torch.randn(2048, 1024, device="cuda", dtype=torch.half)
@@ -59,7 +63,7 @@ def test_on_a_gpu_layers_go_sparse_only_past_the_bar_and_outputs_hold():
 
 
 def test_the_output_check_fails_on_nan_and_on_outputs_that_do_not_match_up():
-    from pdprune.semi_structured import _worst_relative_error
+    from pdprune.export.semi_structured import _worst_relative_error
 
     expected = torch.tensor([1.0, -2.0, 4.0])
     assert _worst_relative_error(expected, expected.clone()) == 0.0

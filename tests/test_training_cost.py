@@ -31,7 +31,9 @@ def test_fused_mask_matches_composition_of_elementary_ops(dtype, tau, pattern):
     # differ by a few float32 ulps of w^2 / tau, which the sigmoid's slope carries into the values.
     tolerance = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     scale = float(ref_w.grad.float().abs().max())
-    assert torch.allclose(fused.float(), ref.float(), atol=tolerance * float(weight.float().abs().max()), rtol=0)
+    assert torch.allclose(
+        fused.float(), ref.float(), atol=tolerance * float(weight.float().abs().max()), rtol=0
+    )
     assert torch.allclose(fused_w.grad.float(), ref_w.grad.float(), atol=tolerance * scale, rtol=0)
 
 
@@ -41,7 +43,9 @@ def test_fused_mask_gradient_passes_gradcheck_in_float64():
     t = midpoint_threshold(weight, 0.5)
     # The mask maths runs in float32 whatever the weight dtype, so the finite differences are
     # taken with a step and tolerance float32 resolves.
-    assert torch.autograd.gradcheck(lambda w: soft_masked_weight(w, t, 1e-2), (weight,), eps=1e-4, atol=1e-3, rtol=1e-3)
+    assert torch.autograd.gradcheck(
+        lambda w: soft_masked_weight(w, t, 1e-2), (weight,), eps=1e-4, atol=1e-3, rtol=1e-3
+    )
 
 
 def test_fused_mask_keeps_only_weight_and_threshold_for_backward():
@@ -177,7 +181,7 @@ def test_a_compiled_graph_that_bypasses_the_masks_is_caught_at_the_next_step():
     x, y = batch(1)
     nn.functional.cross_entropy(run(x), y).backward()
     optimizer.step()
-    with pytest.raises(RuntimeError, match="bypassed pdprune's hooks.*skip_nnmodule_hook_guards"):
+    with pytest.raises(RuntimeError, match=r"bypassed pdprune's hooks.*skip_nnmodule_hook_guards"):
         pruner.step()
     dynamo.reset()
 
@@ -197,7 +201,9 @@ def test_a_compiled_graph_that_bypasses_the_channel_masks_is_caught_too():
     x, y = torch.randn(8, 12), torch.arange(8) % 3
     torch.compile(ChannelMLP(), backend="aot_eager")(x)
     model = ChannelMLP()
-    channel = pdprune.PruneConfig(sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(10, warmup=0, ramp=2))
+    channel = pdprune.PruneConfig(
+        sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(10, warmup=0, ramp=2)
+    )
     pruner = pdprune.prepare(model, channel, example_inputs=x)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     for _ in range(2):  # eager steps run the masks: no complaint
@@ -206,7 +212,7 @@ def test_a_compiled_graph_that_bypasses_the_channel_masks_is_caught_too():
         pruner.step()
     nn.functional.cross_entropy(torch.compile(model, backend="aot_eager")(x), y).backward()
     optimizer.step()
-    with pytest.raises(RuntimeError, match="bypassed pdprune's hooks.*skip_nnmodule_hook_guards"):
+    with pytest.raises(RuntimeError, match=r"bypassed pdprune's hooks.*skip_nnmodule_hook_guards"):
         pruner.step()
     dynamo.reset()
 
@@ -224,11 +230,30 @@ def test_step_cost_benchmark_writes_every_method_and_threshold_counts(tmp_path):
     import json
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("step_cost", Path(__file__).resolve().parent.parent / "benchmarks" / "step_cost.py")
+    spec = importlib.util.spec_from_file_location(
+        "step_cost", Path(__file__).resolve().parent.parent / "benchmarks" / "step_cost.py"
+    )
     step_cost = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(step_cost)
-    assert step_cost.main(["--models", "resnet", "--steps", "2", "--warmup", "1", "--phase", "after",
-                           "--out", str(tmp_path), "--tag", "t"]) == 0
+    assert (
+        step_cost.main(
+            [
+                "--models",
+                "resnet",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--phase",
+                "after",
+                "--out",
+                str(tmp_path),
+                "--tag",
+                "t",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "step_cost_t-after-ramp.json").read_text())
     row = result["rows"][0]
     assert set(row["median_ms"]) == {"dense", "pdp", "pdp-tol", "pdp-eager", "gmp"}

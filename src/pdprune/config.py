@@ -1,31 +1,45 @@
-"""What to prune and how hard: frozen, validated configuration objects."""
+"""What to prune and how hard: one frozen, validated config class per pattern.
+
+``PruneConfig(...)`` builds the class for the pattern it names (``UnstructuredConfig``,
+``NMConfig`` or ``ChannelConfig``, all subclasses of ``PruneConfig``), and a setting that does not
+apply to that pattern is an error naming it. The pruner for each class is found through the
+registry in :mod:`pdprune.api`.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import nn
 
 from pdprune.functional import check_sparsity, check_tau
-from pdprune.method import PDP, MaskMethod
-from pdprune.pattern import NM, Channels, parse_pattern
+from pdprune.methods import PDP, Method
+from pdprune.patterns.specs import NM, Channels, Pattern, Unstructured, parse_pattern
 from pdprune.schedule import Schedule
 
-__all__ = ["DEFAULT_TAU", "LayerOverride", "PruneConfig"]
+__all__ = [
+    "BUDGETS",
+    "DEFAULT_TAU",
+    "ChannelConfig",
+    "LayerOverride",
+    "NMConfig",
+    "PruneConfig",
+    "UnstructuredConfig",
+]
 
-#: Mask temperature in units of squared weights. On the small-CNN reference (DESIGN.md) 1e-4 beat
-#: a scale-aware 0.05 * t^2 at 90% and 95% sparsity. The accuracy benchmark (SmallResNet, ERK,
-#: 3 seeds; benchmarks/results/accuracy_cpu-2core-fmnist-tau*.md) gives at 98% / 99%: 1e-5 69.2 / 52.7,
-#: 1e-4 69.2 / 54.7, 1e-3 30.0 / 15.1. So 1e-4 stays (1e-5 ties, 1e-3 is far too soft).
+#: Mask temperature in units of squared weights, chosen on the accuracy benchmark (docs/benchmarks.md).
 DEFAULT_TAU = 1e-4
 
 Budget = Literal["global", "erk", "uniform"]
 BUDGETS: tuple[str, ...] = ("global", "erk", "uniform")
 ModuleFilter = Callable[[nn.Module, str], bool]
+
+#: Pattern type -> the config class for it, filled in as config classes are defined.
+CONFIG_FOR_PATTERN: dict[type, type[PruneConfig]] = {}
 
 
 @dataclass(frozen=True)
@@ -42,163 +56,317 @@ class LayerOverride:
             object.__setattr__(self, "tau", check_tau(self.tau, "LayerOverride.tau"))
 
 
-@dataclass(frozen=True)
-class PruneConfig:
-    """A PDP pruning run: the target, the temperature, the schedule and which layers take part.
+class _BuildsForPattern(type):
+    """Calling ``PruneConfig(...)`` itself builds the subclass for the pattern it names."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is PruneConfig:
+            if args:
+                raise TypeError(
+                    "PruneConfig takes keyword arguments only (sparsity=..., schedule=..., pattern=...)"
+                )
+            return _build(**kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneConfig(metaclass=_BuildsForPattern):
+    """A pruning run: the target, the schedule, the method and which layers take part.
+
+    ``PruneConfig(pattern=...)`` returns the config class of that pattern; the fields below are
+    common to all of them. See :class:`UnstructuredConfig`, :class:`NMConfig` and
+    :class:`ChannelConfig` for the rest.
 
     Args:
-        sparsity: fraction of the selected weights removed at the end, in [0, 1). With an N:M
-            pattern it follows from the pattern (2:4 is 0.5) and may be left out.
+        sparsity: fraction removed at the end, in [0, 1): of the selected weights, or of the
+            channels (params, FLOPs) for channel pruning. An N:M pattern sets it (2:4 is 0.5).
         schedule: warm-up and ramp lengths (see :class:`pdprune.Schedule`). Required.
-        pattern: "unstructured" (default) or "N:M" such as "2:4" / :class:`pdprune.NM`: keep N of
-            every M consecutive weights along each layer's reduction dimension (input features;
-            input channels at a fixed output channel and kernel position). Budgets do not apply:
-            every layer ends at N of M.
-        indivisible: for N:M, what to do with a layer whose reduction dimension M does not
-            divide: "error" (default) or "dense", which leaves it unpruned and says so in the
-            report.
-        tau: soft-mask temperature in units of squared weights.
-        budget: how the overall sparsity is split over layers, fixed when pruning starts.
-            "global" ranks all selected weights by magnitude and gives each layer the fraction of
-            its weights below the global cut (at extreme sparsity it can leave small layers a
-            single weight); "erk" sizes layers by shape, Erdős-Rényi-Kernel, keeping small and
-            thin layers denser; "uniform" gives every layer ``sparsity`` (what fine-tuned
-            transformers usually get).
-        filter_fn: ``(module, fqn) -> bool`` choosing the modules whose ``weight`` is pruned.
+        pattern: "unstructured" (default), "N:M" such as "2:4" or :class:`pdprune.NM`, or
+            "channel" / :class:`pdprune.Channels`.
+        method: the masking rule; :class:`pdprune.PDP` by default, or a baseline from
+            :mod:`pdprune.baselines` run under the same schedule and budgets.
+        filter_fn: ``(module, fqn) -> bool`` choosing the modules whose weights are pruned.
             Default: Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d.
         include / exclude: regexes searched in module names (``re.search``); a module is pruned
             if the filter accepts it, it matches some ``include`` (when given) and no ``exclude``.
-        overrides: regex -> :class:`LayerOverride` (or a bare sparsity); the first match wins.
-            Overridden sparsities are fixed; under "global" the rest share the remaining budget
-            so the overall sparsity is still ``sparsity``.
-        method: the masking rule; :class:`pdprune.PDP` by default, or a baseline from
-            :mod:`pdprune.baselines` run under the same schedule and budgets.
     """
 
+    #: The pattern type a subclass configures; declaring it registers the subclass for
+    #: PruneConfig(pattern=...).
+    pattern_type: ClassVar[type | None] = None
+
     sparsity: float | None = None
-    schedule: Schedule | None = None  # type: ignore[assignment]
-    tau: float = DEFAULT_TAU
-    budget: Budget = "global"
+    schedule: Schedule = None  # type: ignore[assignment]
+    method: Method = field(default_factory=PDP)
     filter_fn: ModuleFilter | None = None
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
-    overrides: Mapping[str, LayerOverride | float] = field(default_factory=dict)
-    method: MaskMethod = field(default_factory=PDP)
-    pattern: str | NM | Channels = "unstructured"
-    indivisible: Literal["error", "dense"] = "error"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "pattern_type" in cls.__dict__:
+            CONFIG_FOR_PATTERN[cls.pattern_type] = cls
 
     def __post_init__(self) -> None:
-        parsed = parse_pattern(self.pattern)
-        object.__setattr__(self, "pattern", parsed if parsed is not None else "unstructured")
-        nm = parsed if isinstance(parsed, NM) else None
-        if nm is None and self.sparsity is None:
-            raise ValueError("PruneConfig needs a sparsity (e.g. sparsity=0.9) or an N:M pattern (e.g. pattern='2:4')")
-        if nm is not None and self.sparsity is not None and abs(check_sparsity(self.sparsity) - nm.sparsity) > 1e-9:
-            raise ValueError(
-                f"pattern {nm} removes {nm.sparsity:g} of every group, but sparsity={self.sparsity!r} was given; "
-                f"leave sparsity out with an N:M pattern (or set it to {nm.sparsity:g})"
-            )
-        object.__setattr__(self, "sparsity", check_sparsity(nm.sparsity if nm is not None else self.sparsity))
-        object.__setattr__(self, "tau", check_tau(self.tau))
-        if not isinstance(self.method, MaskMethod):
-            raise TypeError(
-                f"method must be a pdprune.MaskMethod such as pdprune.PDP() or pdprune.baselines.GMP(), "
-                f"got {type(self.method).__name__}"
-            )
-        if self.indivisible not in ("error", "dense"):
-            raise ValueError(f"indivisible must be 'error' or 'dense', got {self.indivisible!r}")
-        if nm is not None and not self.method.supports_nm:
-            raise ValueError(
-                f"{type(self.method).__name__} has no N:M form; use pdprune.PDP(), "
-                f"pdprune.baselines.OneShot() or pdprune.baselines.SRSTE() with pattern {nm}"
-            )
-        if isinstance(parsed, Channels) and not self.method.supports_channels:
-            raise ValueError(f"{type(self.method).__name__} has no channel form; use pdprune.PDP() with pattern='channel'")
-        if parsed is None and not self.method.supports_unstructured:
-            raise ValueError(f"{type(self.method).__name__} is an N:M method; give pattern='2:4' (or another N:M)")
         if not isinstance(self.schedule, Schedule):
             raise TypeError(
                 f"schedule must be a pdprune.Schedule (e.g. schedule=pdprune.Schedule(total_steps=...)), "
                 f"got {type(self.schedule).__name__}"
             )
-        if self.budget not in BUDGETS:
-            raise ValueError(f"budget must be one of {', '.join(map(repr, BUDGETS))}, got {self.budget!r}")
-        if parsed is not None and self.budget != "global":
+        if not isinstance(self.method, Method):
+            raise TypeError(
+                f"method must be a pdprune.Method such as pdprune.PDP() or pdprune.baselines.GMP(), "
+                f"got {type(self.method).__name__}"
+            )
+        pattern = self.pattern  # type: ignore[attr-defined]
+        if not self.method.supports(pattern):
+            labels = {"Unstructured": "unstructured", "NM": "N:M", "Channels": "channel"}
+            forms = " and ".join(
+                sorted(labels.get(p.__name__, p.__name__) for p in type(self.method).patterns)
+            )
             raise ValueError(
-                f"budget={self.budget!r} splits an unstructured sparsity over layers; pattern {parsed} sets each "
-                f"layer's share itself, so leave budget out"
+                f"{type(self.method).__name__} cannot prune pattern {pattern}: it has {forms} forms only; "
+                f"use pdprune.PDP() or a baseline that has"
+            )
+        self.method.check(pattern)
+        if self.filter_fn is not None and not callable(self.filter_fn):
+            raise TypeError(
+                f"filter_fn must be a callable (module, name) -> bool, got {type(self.filter_fn).__name__}"
             )
         for what in ("include", "exclude"):
-            patterns = getattr(self, what)
-            if isinstance(patterns, str):
-                object.__setattr__(self, what, (patterns,))
-            object.__setattr__(self, what, tuple(getattr(self, what)))
-            for pattern in getattr(self, what):
-                _compile(pattern, what)
-        normalised: dict[str, LayerOverride] = {}
-        for pattern, value in dict(self.overrides).items():
-            _compile(pattern, "overrides")
-            normalised[pattern] = value if isinstance(value, LayerOverride) else LayerOverride(sparsity=value)
-            if parsed is not None and normalised[pattern].sparsity is not None:
-                raise ValueError(
-                    f"override {pattern!r} sets a sparsity, but per-layer sparsities apply to unstructured pruning "
-                    f"only (pattern {parsed}); use exclude=[...] to leave layers out"
-                )
-        object.__setattr__(self, "overrides", MappingProxyType(normalised))
-
-    @property
-    def nm(self) -> NM | None:
-        """The N:M pattern, or None."""
-        return self.pattern if isinstance(self.pattern, NM) else None
-
-    @property
-    def channels(self) -> Channels | None:
-        """The channel pattern, or None."""
-        return self.pattern if isinstance(self.pattern, Channels) else None
-
-    def override_for(self, name: str) -> LayerOverride | None:
-        """The first override whose regex is found in ``name``, if any."""
-        for pattern, override in self.overrides.items():
-            if re.search(pattern, name):
-                return override
-        return None
+            object.__setattr__(self, what, _regexes(getattr(self, what), what))
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that must match when a pruner's checkpoint is loaded (JSON-friendly)."""
+        """The settings that must match when a pruner's checkpoint is loaded (JSON-ready)."""
+        schedule = self.schedule
         return {
+            "pattern": str(self.pattern),  # type: ignore[attr-defined]
             "sparsity": self.sparsity,
-            "tau": self.tau,
-            "budget": self.budget,
-            "schedule": {
-                "total_steps": self.schedule.total_steps,
-                "warmup_steps": self.schedule.warmup_steps,
-                "ramp_steps": self.schedule.ramp_steps,
-                "shape": self.schedule.shape,
-            },
-            "overrides": {p: [o.sparsity, o.tau] for p, o in self.overrides.items()},
+            "schedule": [schedule.total_steps, schedule.warmup_steps, schedule.ramp_steps, schedule.shape],
             "method": self.method.fingerprint(),
-            # Only when set, so checkpoints saved before N:M existed still match.
-            **({"pattern": str(self.pattern), "indivisible": self.indivisible} if self.nm is not None else {}),
-            **({"pattern": _channel_fingerprint(self.channels)} if self.channels is not None else {}),
         }
 
 
-def _channel_fingerprint(channels: Channels) -> dict[str, Any]:
-    """The channel pattern's settings; heads, scope, settle and declared groups only where they differ from the
-    defaults, so checkpoints saved before those options existed still match."""
-    settings = asdict(channels)
-    if settings["heads"] is True:
-        del settings["heads"]
-    if settings["scope"] == "all":
-        del settings["scope"]
-    if settings["settle"] == 0.5:
-        del settings["settle"]
-    if not settings["groups"]:
-        del settings["groups"]
-    else:
-        settings["groups"] = [{**g, "producers": list(g["producers"]), "consumers": list(g["consumers"])}
-                              for g in settings["groups"]]
-    return settings
+@dataclass(frozen=True, kw_only=True)
+class UnstructuredConfig(PruneConfig):
+    """Unstructured pruning: each layer keeps its largest-magnitude weights, as its budget allows.
+
+    Args:
+        tau: soft-mask temperature in units of squared weights.
+        budget: how ``sparsity`` is split over layers, fixed when pruning starts. "global" ranks
+            all selected weights by magnitude and gives each layer the fraction of its weights
+            below the global cut (at extreme sparsity it can leave small layers a single weight);
+            "erk" sizes layers by shape, Erdős-Rényi-Kernel, keeping small and thin layers
+            denser; "uniform" gives every layer ``sparsity`` (what fine-tuned transformers usually get).
+        overrides: regex -> :class:`LayerOverride` (or a bare sparsity); the first match wins.
+            Overridden sparsities are fixed; under "global" and "erk" the rest share the remaining
+            budget so the overall sparsity is still ``sparsity``.
+    """
+
+    pattern_type: ClassVar[type] = Unstructured
+
+    pattern: Unstructured = field(default_factory=Unstructured)
+    tau: float = DEFAULT_TAU
+    budget: Budget = "global"
+    overrides: Mapping[str, LayerOverride | float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(parse_pattern(self.pattern), Unstructured):
+            raise ValueError(f"UnstructuredConfig takes pattern='unstructured' only, got {self.pattern!r}")
+        object.__setattr__(self, "pattern", Unstructured())
+        if self.sparsity is None:
+            raise ValueError(
+                "PruneConfig needs a sparsity (e.g. sparsity=0.9) or an N:M pattern (e.g. pattern='2:4')"
+            )
+        object.__setattr__(self, "sparsity", check_sparsity(self.sparsity))
+        object.__setattr__(self, "tau", check_tau(self.tau))
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {', '.join(map(repr, BUDGETS))}, got {self.budget!r}")
+        object.__setattr__(self, "overrides", _overrides(self.overrides, sparsity_allowed=True))
+        super().__post_init__()
+
+    def override_for(self, name: str) -> LayerOverride | None:
+        """The first override whose regex is found in ``name``, if any."""
+        return _first_match(self.overrides, name)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            **super().fingerprint(),
+            "tau": self.tau,
+            "budget": self.budget,
+            "overrides": {p: [o.sparsity, o.tau] for p, o in self.overrides.items()},
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class NMConfig(PruneConfig):
+    """N:M pruning: keep ``pattern.n`` of every ``pattern.m`` consecutive weights along each
+    layer's reduction dimension (input features; input channels at a fixed output channel and
+    kernel position). Every layer ends at N of M, so there are no budgets.
+
+    Args:
+        pattern: the :class:`pdprune.NM` pattern (or "2:4").
+        tau: soft-mask temperature in units of squared weights.
+        indivisible: what to do with a layer whose reduction dimension M does not divide:
+            "error" (default) or "dense", which leaves it unpruned and says so in the report.
+        overrides: regex -> :class:`LayerOverride` with a ``tau`` (sparsities are N:M's own).
+    """
+
+    pattern_type: ClassVar[type] = NM
+
+    pattern: NM = None  # type: ignore[assignment]
+    tau: float = DEFAULT_TAU
+    indivisible: Literal["error", "dense"] = "error"
+    overrides: Mapping[str, LayerOverride | float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parsed = parse_pattern(self.pattern)
+        if not isinstance(parsed, NM):
+            raise ValueError(
+                f"NMConfig needs an N:M pattern such as '2:4' or pdprune.NM(2, 4), got {self.pattern!r}"
+            )
+        object.__setattr__(self, "pattern", parsed)
+        if self.sparsity is not None and abs(check_sparsity(self.sparsity) - parsed.sparsity) > 1e-9:
+            raise ValueError(
+                f"pattern {parsed} removes {parsed.sparsity:g} of every group, but "
+                f"sparsity={self.sparsity!r} was given; "
+                f"leave sparsity out with an N:M pattern (or set it to {parsed.sparsity:g})"
+            )
+        object.__setattr__(self, "sparsity", parsed.sparsity)
+        object.__setattr__(self, "tau", check_tau(self.tau))
+        if self.indivisible not in ("error", "dense"):
+            raise ValueError(f"indivisible must be 'error' or 'dense', got {self.indivisible!r}")
+        object.__setattr__(
+            self, "overrides", _overrides(self.overrides, sparsity_allowed=False, pattern=parsed)
+        )
+        super().__post_init__()
+
+    def override_for(self, name: str) -> LayerOverride | None:
+        return _first_match(self.overrides, name)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            **super().fingerprint(),
+            "tau": self.tau,
+            "indivisible": self.indivisible,
+            "overrides": {p: [o.sparsity, o.tau] for p, o in self.overrides.items()},
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelConfig(PruneConfig):
+    """Channel pruning: whole output channels (with every layer coupled to them) learn one shared
+    mask per group, are zeroed at the end, then removed by ``pruner.shrink()``.
+
+    Args:
+        pattern: a :class:`pdprune.Channels` with what ``sparsity`` counts, width rounding, the
+            channel temperature, heads, declared groups and scope.
+    """
+
+    pattern_type: ClassVar[type] = Channels
+
+    pattern: Channels = field(default_factory=Channels)
+
+    def __post_init__(self) -> None:
+        if self.sparsity is None:
+            raise ValueError(
+                "channel pruning needs a sparsity, e.g. sparsity=0.5 (of the channels, or of the "
+                "params or FLOPs with Channels(unit=...))"
+            )
+        object.__setattr__(self, "sparsity", check_sparsity(self.sparsity))
+        parsed = parse_pattern(self.pattern)
+        if not isinstance(parsed, Channels):
+            raise ValueError(
+                f"ChannelConfig needs pattern='channel' or a pdprune.Channels, got {self.pattern!r}"
+            )
+        object.__setattr__(self, "pattern", parsed)
+        super().__post_init__()
+
+    def fingerprint(self) -> dict[str, Any]:
+        settings = self.pattern
+        groups = [
+            [g.name, list(g.producers), list(g.consumers), g.units, dict(g.counts)] for g in settings.groups
+        ]
+        return {
+            **super().fingerprint(),
+            "channels": {
+                "unit": settings.unit,
+                "round_to": settings.round_to,
+                "tau": settings.tau,
+                "heads": settings.heads,
+                "scope": settings.scope,
+                "settle": settings.settle,
+                "groups": groups,
+            },
+        }
+
+
+_WHERE_INSTEAD = {
+    ("tau", Channels): "channel masks take their temperature from Channels(tau=...), relative to t^2",
+    ("budget", Channels): "Channels(unit=...) says what the sparsity counts; groups share one budget",
+    ("budget", NM): "every N:M layer keeps N of M, so there is no budget to split",
+    ("overrides", Channels): "use exclude=[...] to keep layers whole",
+    ("indivisible", Unstructured): "it is an N:M setting",
+    ("indivisible", Channels): "it is an N:M setting",
+}
+
+
+def _build(pattern: Any = "unstructured", **settings: Any) -> PruneConfig:
+    parsed = pattern if type(pattern) in CONFIG_FOR_PATTERN else parse_pattern(pattern)
+    cls = CONFIG_FOR_PATTERN[type(parsed)]
+    accepted = {f.name for f in fields(cls)}
+    for name in settings:
+        if name not in accepted:
+            if any(name in {f.name for f in fields(other)} for other in CONFIG_FOR_PATTERN.values()):
+                why = _WHERE_INSTEAD.get((name, type(parsed)), "it has no effect there")
+                raise ValueError(f"{name}= does not apply to pattern {parsed} ({why}); leave it out")
+            raise TypeError(
+                f"PruneConfig got an unknown setting {name!r}; settings are: {', '.join(sorted(accepted))}"
+            )
+    return cls(pattern=parsed, **settings)
+
+
+def _regexes(value: Any, what: str) -> tuple[str, ...]:
+    patterns = (value,) if isinstance(value, str) else value
+    try:
+        patterns = tuple(patterns)
+    except TypeError:
+        raise TypeError(
+            f"{what} must be a regex string or a list of them, got {type(value).__name__} {value!r}"
+        ) from None
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"{what} must be a regex string or a list of them, got an item {pattern!r}")
+        _compile(pattern, what)
+    return patterns
+
+
+def _overrides(
+    value: Any, sparsity_allowed: bool, pattern: Pattern | None = None
+) -> Mapping[str, LayerOverride]:
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"overrides must be a dict of regex -> LayerOverride (or a sparsity), got {type(value).__name__}"
+        )
+    normalised: dict[str, LayerOverride] = {}
+    for regex, setting in value.items():
+        if not isinstance(regex, str):
+            raise TypeError(f"overrides keys are regex strings, got {regex!r}")
+        _compile(regex, "overrides")
+        normalised[regex] = setting if isinstance(setting, LayerOverride) else LayerOverride(sparsity=setting)
+        if not sparsity_allowed and normalised[regex].sparsity is not None:
+            raise ValueError(
+                f"override {regex!r} sets a sparsity, but per-layer sparsities apply to unstructured pruning "
+                f"only (pattern {pattern}); use exclude=[...] to leave layers out"
+            )
+    return MappingProxyType(normalised)
+
+
+def _first_match(overrides: Mapping[str, LayerOverride], name: str) -> LayerOverride | None:
+    for regex, override in overrides.items():
+        if re.search(regex, name):
+            return override
+    return None
 
 
 def _compile(pattern: str, what: str) -> re.Pattern[str]:

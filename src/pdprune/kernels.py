@@ -19,15 +19,15 @@ import torch
 
 from pdprune.functional.masks import (
     EAGER_KERNELS,
-    band_edges,
     LOGIT_FLOOR,
     MaskKernels,
+    band_edges,
     count_above_eager,
     masked_backward_eager,
     masked_forward_eager,
 )
 
-__all__ = ["KernelChoice", "MIN_FUSED_NUMEL", "fused_kernels", "kernels_for"]
+__all__ = ["MIN_FUSED_NUMEL", "KernelChoice", "fused_kernels", "kernels_for"]
 
 KernelChoice = Literal["auto", "fused", "eager"]
 KERNEL_CHOICES: tuple[str, ...] = ("auto", "fused", "eager")
@@ -52,7 +52,9 @@ def _forward(weight: torch.Tensor, t: torch.Tensor, inv_tau: torch.Tensor) -> to
     return (_mask(weight32, t, inv_tau) * weight32).to(weight.dtype)
 
 
-def _backward(weight: torch.Tensor, t: torch.Tensor, inv_tau: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def _backward(
+    weight: torch.Tensor, t: torch.Tensor, inv_tau: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
     weight32 = weight.float()
     mask = _mask(weight32, t, inv_tau)
     # m (1 - m) w first, then times w: 0 where m saturates, so never 0 * inf (as in eager).
@@ -86,8 +88,13 @@ _RECOMPILE_LIMIT = 16
 
 def _compiled_function(name: str) -> Any:
     if name not in _compiled:
-        source = {"forward": _forward, "backward": _backward, "count": _count,
-                  "counts_above": _counts_above, "in_band": _in_band}[name]
+        source = {
+            "forward": _forward,
+            "backward": _backward,
+            "count": _count,
+            "counts_above": _counts_above,
+            "in_band": _in_band,
+        }[name]
         _compiled[name] = torch.compile(source, dynamic=True, fullgraph=True)
     return _compiled[name]
 
@@ -120,7 +127,8 @@ def _warn_and_fall_back(name: str, error: Exception) -> None:
         _warned.add(key)  # type: ignore[arg-type]
         warnings.warn(
             f"pdprune: the fused {name} kernel failed ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); this call and later failing "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); this call and later "
+            "failing "
             f"ones run the eager kernels: same results, slower steps.",
             RuntimeWarning,
             stacklevel=3,
@@ -222,7 +230,9 @@ def _self_check(device: torch.device, dtype: torch.dtype) -> str | None:
         return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
     (out_f, grad_f, count_f), (out_e, grad_e, count_e) = outputs
     rtol = 1e-5 if dtype == torch.float32 else 1e-2
-    if not torch.allclose(out_f, out_e, rtol=rtol, atol=1e-6) or not torch.allclose(grad_f, grad_e, rtol=rtol, atol=1e-4):
+    if not torch.allclose(out_f, out_e, rtol=rtol, atol=1e-6) or not torch.allclose(
+        grad_f, grad_e, rtol=rtol, atol=1e-4
+    ):
         return "the compiled kernels disagree with the eager ones beyond float rounding"
     if count_f != count_e:
         return f"the compiled kept count {count_f} disagrees with the eager one {count_e}"

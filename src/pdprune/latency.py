@@ -29,8 +29,11 @@ class LatencyResult:
         return asdict(self)
 
     def to_text(self) -> str:
-        return (f"batch {self.batch}, {self.threads} threads, {self.device} {self.dtype}: dense {self.dense_ms:.2f} ms, "
-                f"pruned {self.pruned_ms:.2f} ms (medians of {self.repeats}), speedup {self.speedup:.2f}x")
+        return (
+            f"batch {self.batch}, {self.threads} threads, {self.device} {self.dtype}: dense "
+            f"{self.dense_ms:.2f} ms, "
+            f"pruned {self.pruned_ms:.2f} ms (medians of {self.repeats}), speedup {self.speedup:.2f}x"
+        )
 
 
 def _run(model: nn.Module, inputs: Any) -> None:
@@ -57,7 +60,11 @@ def _interleaved_medians(run_dense: Any, run_pruned: Any, repeats: int, warmup: 
         run_pruned()
     times: dict[str, list[float]] = {"dense": [], "pruned": []}
     for r in range(repeats):
-        order = (("dense", run_dense), ("pruned", run_pruned)) if r % 2 == 0 else (("pruned", run_pruned), ("dense", run_dense))
+        order = (
+            (("dense", run_dense), ("pruned", run_pruned))
+            if r % 2 == 0
+            else (("pruned", run_pruned), ("dense", run_dense))
+        )
         for name, run in order:
             start = time.perf_counter()
             run()
@@ -65,19 +72,28 @@ def _interleaved_medians(run_dense: Any, run_pruned: Any, repeats: int, warmup: 
     return statistics.median(times["dense"]), statistics.median(times["pruned"])
 
 
-def compare_latency(dense: nn.Module, pruned: nn.Module, inputs: Any, repeats: int = 30, warmup: int = 5) -> LatencyResult:
+def compare_latency(
+    dense: nn.Module, pruned: nn.Module, inputs: Any, repeats: int = 30, warmup: int = 5
+) -> LatencyResult:
     """Median forward time of ``dense`` and ``pruned`` on ``inputs`` (eval mode, no autograd),
     alternating which runs first in each repeat."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    first = inputs if isinstance(inputs, torch.Tensor) else next(iter(inputs.values() if isinstance(inputs, dict) else inputs))
+    first = (
+        inputs
+        if isinstance(inputs, torch.Tensor)
+        else next(iter(inputs.values() if isinstance(inputs, dict) else inputs))
+    )
     sync = first.device.type == "cuda"
     modes = (dense.training, pruned.training)
     dense.eval(), pruned.eval()
     try:
         with torch.inference_mode():
             dense_ms, pruned_ms = _interleaved_medians(
-                lambda: _run_synced(dense, inputs, sync), lambda: _run_synced(pruned, inputs, sync), repeats, warmup
+                lambda: _run_synced(dense, inputs, sync),
+                lambda: _run_synced(pruned, inputs, sync),
+                repeats,
+                warmup,
             )
     finally:
         dense.train(modes[0]), pruned.train(modes[1])
@@ -147,33 +163,45 @@ def compare_onnx_latency(
 SMALL_MS = 1.0  # below this a forward is dominated by per-operator overhead, not arithmetic
 
 
-def speed_warnings(pattern: str, device: torch.device | str, dense_ms: float, speedup: float | None = None) -> list[str]:
+def speed_warnings(
+    pattern: str, device: torch.device | str, dense_ms: float, speedup: float | None = None
+) -> list[str]:
     """Why ``pattern`` may not run faster than dense on ``device``: one sentence per reason.
 
     PyTorch multiplies stored zeros like any other weight, so unstructured and N:M masks change
     speed only where a sparse kernel runs; channel pruning makes every layer smaller and pays
     anywhere the work is arithmetic rather than overhead.
     """
-    from pdprune.pattern import NM, Channels, parse_pattern
+    from pdprune.patterns.specs import NM, Channels, Unstructured, parse_pattern
 
     device = torch.device(device)
     parsed = parse_pattern(pattern)
     notes = []
-    if parsed is None:
-        notes.append("unstructured zeros run on dense kernels: expect no speed-up (the gain is size: "
-                     "pdprune.save_sparse); use pattern='channel' for speed")
+    if isinstance(parsed, Unstructured):
+        notes.append(
+            "unstructured zeros run on dense kernels: expect no speed-up (the gain is size: "
+            "pdprune.save_sparse); use pattern='channel' for speed"
+        )
     elif isinstance(parsed, NM):
         if device.type != "cuda" or (parsed.n, parsed.m) != (2, 4):
-            notes.append(f"{parsed.n}:{parsed.m} runs on dense kernels on {device.type}: PyTorch's N:M kernels "
-                         "are 2:4 on CUDA GPUs (compute capability 8.0+) only; expect no speed-up here")
+            notes.append(
+                f"{parsed.n}:{parsed.m} runs on dense kernels on {device.type}: PyTorch's N:M kernels "
+                "are 2:4 on CUDA GPUs (compute capability 8.0+) only; expect no speed-up here"
+            )
         else:
-            notes.append("2:4 is measured here with dense kernels; semi-structured kernels pay only for large "
-                         "GEMMs and on some GPUs are slower than dense: pdprune.accelerate_2to4(model, inputs) "
-                         "times each 2:4 Linear both ways and makes it sparse only where that is faster")
+            notes.append(
+                "2:4 is measured here with dense kernels; semi-structured kernels pay only for large "
+                "GEMMs and on some GPUs are slower than dense: pdprune.accelerate_2to4(model, inputs) "
+                "times each 2:4 Linear both ways and makes it sparse only where that is faster"
+            )
     if isinstance(parsed, Channels) and dense_ms < SMALL_MS:
-        notes.append(f"the dense forward takes {dense_ms:.2f} ms: per-operator overhead dominates, so fewer "
-                     "channels save little; larger batches or inputs show the real gain")
+        notes.append(
+            f"the dense forward takes {dense_ms:.2f} ms: per-operator overhead dominates, so fewer "
+            "channels save little; larger batches or inputs show the real gain"
+        )
     if speedup is not None and speedup < 1.0 / 1.05 and isinstance(parsed, Channels):
-        notes.append(f"the pruned model is slower ({speedup:.2f}x): odd widths can fall off the fast kernels "
-                     "(try Channels(round_to=8)) or the measurement is noisy (more repeats)")
+        notes.append(
+            f"the pruned model is slower ({speedup:.2f}x): odd widths can fall off the fast kernels "
+            "(try Channels(round_to=8)) or the measurement is noisy (more repeats)"
+        )
     return notes

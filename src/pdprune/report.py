@@ -40,6 +40,7 @@ class PruneReport:
     step: int
     extra: dict[str, Any] = field(default_factory=dict)
     pattern: str = "unstructured"
+    removed: bool = False  # the masks were removed without hardening: measured on the dense weights
 
     @property
     def pruned_params(self) -> int:
@@ -71,6 +72,7 @@ class PruneReport:
             "model_nonzero_params": self.model_params - self.removed_params,
             "model_sparsity": self.model_sparsity,
             "finalized": self.finalized,
+            "removed": self.removed,
             "step": self.step,
             "layers": [asdict(layer) | {"shape": list(layer.shape)} for layer in self.layers],
             **({"extra": self.extra} if self.extra else {}),
@@ -102,19 +104,28 @@ class PruneReport:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
         def line(cells: tuple[str, ...]) -> str:
-            return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            return "  ".join(
+                c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            )
 
         rule = "-" * len(line(header))
         body = [line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1])]
         if self.pattern != "unstructured":
-            body.append(f"pattern {self.pattern}: N of every M consecutive weights along each layer's input dimension")
+            body.append(
+                f"pattern {self.pattern}: N of every M consecutive weights along each layer's input dimension"
+            )
         body += [f"{layer.name}: {layer.note}" for layer in self.layers if layer.note]
         kept = self.model_params - self.removed_params
         body.append(
             f"whole model: {self.model_params:,} parameters, {kept:,} nonzero "
-            f"({self.model_sparsity:.2%} removed){'' if self.finalized else ' [masks not yet hardened]'}"
+            f"({self.model_sparsity:.2%} removed){self._status()}"
         )
         return "\n".join(body)
+
+    def _status(self) -> str:
+        if self.removed:
+            return " [masks removed without hardening: the model is dense]"
+        return "" if self.finalized else " [masks not yet hardened]"
 
     def save(self, directory: str | os.PathLike[str], plot: bool | None = None) -> list[Path]:
         """Write report.json, report.txt and (see ``plot``) sparsity.png atomically.
@@ -145,8 +156,18 @@ class PruneReport:
         names = [layer.name for layer in self.layers]
         positions = range(len(names))
         fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2.0), 4.5))
-        ax.bar([p - 0.2 for p in positions], [l.target_sparsity for l in self.layers], 0.4, label="target")
-        ax.bar([p + 0.2 for p in positions], [l.achieved_sparsity for l in self.layers], 0.4, label="achieved")
+        ax.bar(
+            [p - 0.2 for p in positions],
+            [layer.target_sparsity for layer in self.layers],
+            0.4,
+            label="target",
+        )
+        ax.bar(
+            [p + 0.2 for p in positions],
+            [layer.achieved_sparsity for layer in self.layers],
+            0.4,
+            label="achieved",
+        )
         ax.set_xticks(list(positions), names, rotation=60, ha="right", fontsize=8)
         ax.set_ylim(0, 1.15)
         ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])

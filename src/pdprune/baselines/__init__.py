@@ -1,7 +1,6 @@
-"""Baselines behind the same interface as PDP: pass one as ``PruneConfig(method=...)``."""
+"""The baselines PDP is compared with, run under the same schedule, budgets and training loop:
+pass one as ``PruneConfig(method=...)``."""
 
-from pdprune.baselines.channel import L1Channel
-from pdprune.baselines.magnitude import GMP, OneShot
-from pdprune.baselines.srste import SRSTE
+from pdprune.methods import GMP, SRSTE, L1Channel, OneShot
 
-__all__ = ["GMP", "L1Channel", "OneShot", "SRSTE"]
+__all__ = ["GMP", "SRSTE", "L1Channel", "OneShot"]

@@ -1,7 +1,6 @@
-"""Channel pruning: PDP over coupled output channels, physical removal and portable checkpoints."""
+"""The machinery of channel pruning: coupled groups (traced, declared, attention heads), their
+costs, physical removal and replay, and the channel report."""
 
-from pdprune.channel.checkpoint import load_shrunk, save_shrunk
-from pdprune.channel.pruner import ChannelPruner
 from pdprune.channel.report import ChannelLayerReport, ChannelReport
 
-__all__ = ["ChannelLayerReport", "ChannelPruner", "ChannelReport", "load_shrunk", "save_shrunk"]
+__all__ = ["ChannelLayerReport", "ChannelReport"]

@@ -11,14 +11,37 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pdprune.channel.groups import ChannelGroup, ChannelMember
+from pdprune.channel.declared import HeadGroup
+from pdprune.channel.groups import ChannelMember, Removal
 
-__all__ = ["HeadPrunedMultiheadAttention", "mha_head_groups", "mha_head_problem", "remove_mha_heads"]
+__all__ = [
+    "HeadPrunedMultiheadAttention",
+    "MHAHeadGroup",
+    "mha_head_groups",
+    "mha_head_problem",
+    "remove_mha_heads",
+]
+
+
+@dataclass
+class MHAHeadGroup(HeadGroup):
+    """The heads of one ``nn.MultiheadAttention``: removal turns the module into
+    :class:`HeadPrunedMultiheadAttention` and is recorded as ``[name, "heads", head indices]``."""
+
+    def remove(
+        self, units: list[int], modules: dict[str, nn.Module], graph: Any
+    ) -> tuple[list[Removal], dict[str, int]]:
+        if not units:
+            return [], {}
+        remove_mha_heads(modules[self.name], sorted(units))  # type: ignore[arg-type]
+        return [[self.name, "heads", sorted(units)]], {}
 
 
 def mha_head_problem(module: nn.MultiheadAttention) -> str | None:
@@ -34,13 +57,13 @@ def mha_head_problem(module: nn.MultiheadAttention) -> str | None:
 
 def mha_head_groups(
     model: nn.Module, keep_module: Callable[[nn.Module, str], bool], exclude: Sequence[str]
-) -> tuple[list[ChannelGroup], dict[str, str]]:
+) -> tuple[list[MHAHeadGroup], dict[str, str]]:
     """One group of heads per ``nn.MultiheadAttention`` in ``model``, and why any is left alone.
 
     A head is one unit: its q, k and v rows of ``in_proj_weight`` (and bias) are masked and scored
     together, and the output projection's columns follow. The filter and ``exclude`` see the
     attention's output projection (a Linear, which the default filter accepts)."""
-    groups: list[ChannelGroup] = []
+    groups: list[MHAHeadGroup] = []
     reasons: dict[str, str] = {}
     for name, module in model.named_modules():
         if not isinstance(module, nn.MultiheadAttention):
@@ -54,11 +77,20 @@ def mha_head_groups(
         if problem is not None:
             reasons[name] = problem
             continue
-        member = ChannelMember(name, module, 0, True, weight_name="in_proj_weight", bias_name="in_proj_bias", fold=3)
-        groups.append(ChannelGroup(
-            name=name, channels=module.num_heads, members=[member], consumers={out_name: module.head_dim},
-            root=module, root_fn=None, width=module.head_dim, origin="mha-heads",
-        ))
+        member = ChannelMember(
+            name, module, 0, True, weight_name="in_proj_weight", bias_name="in_proj_bias", fold=3
+        )
+        groups.append(
+            MHAHeadGroup(
+                name=name,
+                channels=module.num_heads,
+                members=[member],
+                consumers={out_name: module.head_dim},
+                root=module,
+                root_fn=None,
+                width=module.head_dim,
+            )
+        )
     return groups, reasons
 
 
@@ -87,7 +119,9 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
         is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         if is_causal and attn_mask is None:
-            raise RuntimeError("Need attn_mask if specifying the is_causal hint (as nn.MultiheadAttention does)")
+            raise RuntimeError(
+                "Need attn_mask if specifying the is_causal hint (as nn.MultiheadAttention does)"
+            )
         batched = query.dim() == 3
         if not batched:  # (L, E): one sequence
             query, key, value = (t.unsqueeze(0) for t in (query, key, value))
@@ -115,7 +149,9 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
         else:
             weights = None
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        out = F.linear(attended.transpose(1, 2).reshape(batch, target, inner), self.out_proj.weight, self.out_proj.bias)
+        out = F.linear(
+            attended.transpose(1, 2).reshape(batch, target, inner), self.out_proj.weight, self.out_proj.bias
+        )
         if not batched:
             out = out.squeeze(0)
         elif not self.batch_first:
@@ -128,7 +164,12 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
         return out, weights
 
     def _merged_mask(
-        self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, batch: int, target: int, source: int,
+        self,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        batch: int,
+        target: int,
+        source: int,
         dtype: torch.dtype,
     ) -> Tensor | None:
         """One additive float mask broadcastable to (batch, heads, target, source)."""
@@ -137,8 +178,10 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
             mask = _additive(attn_mask, dtype)
             if mask.dim() == 3:
                 if mask.shape[0] != batch * self.original_num_heads:
-                    raise RuntimeError(f"a 3-D attn_mask needs batch x original_num_heads = "
-                                       f"{batch * self.original_num_heads} masks, got {mask.shape[0]}")
+                    raise RuntimeError(
+                        f"a 3-D attn_mask needs batch x original_num_heads = "
+                        f"{batch * self.original_num_heads} masks, got {mask.shape[0]}"
+                    )
                 mask = mask.view(batch, self.original_num_heads, target, source)[:, list(self.kept_heads)]
             merged = mask
         if key_padding_mask is not None:
@@ -162,12 +205,19 @@ def remove_mha_heads(module: nn.MultiheadAttention, removed: list[int]) -> None:
     current = module.num_heads
     kept_now = [h for h in range(current) if h not in set(removed)]
     if not kept_now:
-        raise ValueError("removing every head of an attention module would cut the model in two; keep at least one")
+        raise ValueError(
+            "removing every head of an attention module would cut the model in two; keep at least one"
+        )
     if any(not 0 <= h < current for h in removed):
         raise ValueError(f"head indices must be in [0, {current}), got {sorted(removed)}")
     head_dim = module.head_dim
     original = getattr(module, "kept_heads", tuple(range(current)))
-    rows = [block * current * head_dim + h * head_dim + i for block in range(3) for h in kept_now for i in range(head_dim)]
+    rows = [
+        block * current * head_dim + h * head_dim + i
+        for block in range(3)
+        for h in kept_now
+        for i in range(head_dim)
+    ]
     columns = [h * head_dim + i for h in kept_now for i in range(head_dim)]
     with torch.no_grad():
         module.in_proj_weight = nn.Parameter(module.in_proj_weight[rows].clone())
@@ -179,5 +229,7 @@ def remove_mha_heads(module: nn.MultiheadAttention, removed: list[int]) -> None:
     module.original_num_heads = getattr(module, "original_num_heads", current)  # type: ignore[assignment]
     module.kept_heads = tuple(original[h] for h in kept_now)  # type: ignore[assignment]
     module.num_heads = len(kept_now)
-    module._qkv_same_embed_dim = False  # keeps nn.Transformer*'s fused fast paths off: they assume a square in_proj
+    module._qkv_same_embed_dim = (
+        False  # keeps nn.Transformer*'s fused fast paths off: they assume a square in_proj
+    )
     module.__class__ = HeadPrunedMultiheadAttention

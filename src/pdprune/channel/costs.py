@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdprune.channel.groups import SCORED_TYPES, ChannelGroup, _call
+from pdprune.channel.groups import SCORED_TYPES, ChannelGroup, call_model
 
 __all__ = ["LayerCost", "measure_costs", "solve_keep", "widths"]
 
@@ -71,19 +71,27 @@ def measure_costs(model: nn.Module, example_inputs: Any, groups: list[ChannelGro
     def count_attention(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
         # nn.MultiheadAttention projects with its in_proj_weight and out_proj.weight directly (the
         # out_proj module is never called): each projection costs tokens x its input x its output.
-        q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")[len(args):]])[:3]
+        q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")[len(args) :]])[:3]
         inner = module.out_proj.in_features
         macs[id(module)] = macs.get(id(module), 0) + (q.numel() + k.numel() + v.numel()) * inner
         macs[id(module.out_proj)] = macs.get(id(module.out_proj), 0) + q.numel() * inner
 
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (*SCORED_TYPES, nn.MultiheadAttention))]
-    handles = [m.register_forward_hook(count_attention, with_kwargs=True) if isinstance(m, nn.MultiheadAttention)
-               else m.register_forward_hook(count) for _, m in layers]
+    layers = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, (*SCORED_TYPES, nn.MultiheadAttention))
+    ]
+    handles = [
+        m.register_forward_hook(count_attention, with_kwargs=True)
+        if isinstance(m, nn.MultiheadAttention)
+        else m.register_forward_hook(count)
+        for _, m in layers
+    ]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            _call(model, example_inputs)
+            call_model(model, example_inputs)
     finally:
         model.train(was_training)
         for h in handles:
@@ -95,13 +103,36 @@ def measure_costs(model: nn.Module, example_inputs: Any, groups: list[ChannelGro
             if weight is None:  # separate q/k/v weights: not prunable by heads, counted as they are
                 weights = [w for w in (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight) if w is not None]
                 bias = bias_tensor.numel() if bias_tensor is not None else 0
-                costs.append(LayerCost(name, "MultiheadAttention (q, k, v)", sum(w.shape[0] for w in weights),
-                                       m.embed_dim, sum(w.numel() for w in weights) + bias, bias, macs.get(id(m), 0),
-                                       None, (), False))
+                costs.append(
+                    LayerCost(
+                        name,
+                        "MultiheadAttention (q, k, v)",
+                        sum(w.shape[0] for w in weights),
+                        m.embed_dim,
+                        sum(w.numel() for w in weights) + bias,
+                        bias,
+                        macs.get(id(m), 0),
+                        None,
+                        (),
+                        False,
+                    )
+                )
                 continue
             bias = bias_tensor.numel() if bias_tensor is not None else 0
-            costs.append(LayerCost(name, "MultiheadAttention (q, k, v)", weight.shape[0], weight.shape[1],
-                                   weight.numel() + bias, bias, macs.get(id(m), 0), out_group.get(id(m)), (), False))
+            costs.append(
+                LayerCost(
+                    name,
+                    "MultiheadAttention (q, k, v)",
+                    weight.shape[0],
+                    weight.shape[1],
+                    weight.numel() + bias,
+                    bias,
+                    macs.get(id(m), 0),
+                    out_group.get(id(m)),
+                    (),
+                    False,
+                )
+            )
             continue
         if isinstance(m, nn.Linear):
             out_ch, in_ch, depthwise = m.out_features, m.in_features, False
@@ -109,8 +140,20 @@ def measure_costs(model: nn.Module, example_inputs: Any, groups: list[ChannelGro
             out_ch, in_ch = m.out_channels, m.in_channels
             depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
         bias = m.bias.numel() if m.bias is not None else 0
-        costs.append(LayerCost(name, type(m).__name__, out_ch, in_ch, m.weight.numel() + bias, bias, macs.get(id(m), 0),
-                               out_group.get(id(m)), tuple(in_groups.get(name, ())), depthwise))
+        costs.append(
+            LayerCost(
+                name,
+                type(m).__name__,
+                out_ch,
+                in_ch,
+                m.weight.numel() + bias,
+                bias,
+                macs.get(id(m), 0),
+                out_group.get(id(m)),
+                tuple(in_groups.get(name, ())),
+                depthwise,
+            )
+        )
     return costs
 
 
@@ -171,8 +214,14 @@ def unit_step(group: ChannelGroup, round_to: int) -> int:
 
 
 def _top_up(
-    keep: dict[str, int], fraction: float, groups: list[ChannelGroup], costs: list[LayerCost],
-    channels: dict[str, int], index: int, allowed: float, steps: dict[str, int],
+    keep: dict[str, int],
+    fraction: float,
+    groups: list[ChannelGroup],
+    costs: list[LayerCost],
+    channels: dict[str, int],
+    index: int,
+    allowed: float,
+    steps: dict[str, int],
 ) -> dict[str, int]:
     """Give back channels, ``step`` at a time, while the budget allows.
 

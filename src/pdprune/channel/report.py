@@ -36,15 +36,21 @@ class ChannelReport:
     finalized: bool
     shrunk: bool
     step: int
+    removed: bool = False  # the masks were removed without hardening: nothing is pruned
     extra: dict[str, Any] = field(default_factory=dict)
-    group_units: dict[str, tuple[str, int]] = field(default_factory=dict)  # group -> (unit, channels per unit), if not channels
+    group_units: dict[str, tuple[str, int]] = field(
+        default_factory=dict
+    )  # group -> (unit, channels per unit), if not channels
 
     @property
     def pattern(self) -> str:
         return "channel"
 
     def _total(self, what: str) -> tuple[int, int]:
-        return (sum(getattr(l, what)[0] for l in self.layers), sum(getattr(l, what)[1] for l in self.layers))
+        return (
+            sum(getattr(layer, what)[0] for layer in self.layers),
+            sum(getattr(layer, what)[1] for layer in self.layers),
+        )
 
     @property
     def params(self) -> tuple[int, int]:
@@ -82,42 +88,66 @@ class ChannelReport:
             "model_params": list(self.model_params),
             "finalized": self.finalized,
             "shrunk": self.shrunk,
+            "removed": self.removed,
             "step": self.step,
-            "groups": {k: {"channels": c, "kept": kept, **self._unit_entry(k)} for k, (c, kept) in self.groups.items()},
+            "groups": {
+                k: {"channels": c, "kept": kept, **self._unit_entry(k)}
+                for k, (c, kept) in self.groups.items()
+            },
             "skipped_groups": dict(self.skipped),
-            "layers": [asdict(l) for l in self.layers],
+            "layers": [asdict(layer) for layer in self.layers],
             **({"extra": self.extra} if self.extra else {}),
         }
 
     def to_text(self) -> str:
         header = ("layer", "type", "out", "in", "params", "MACs")
         rows = [
-            (l.name, l.module_type, _change(l.out_channels), _change(l.in_channels), _change(l.params), _change(l.macs))
-            for l in self.layers
+            (
+                layer.name,
+                layer.module_type,
+                _change(layer.out_channels),
+                _change(layer.in_channels),
+                _change(layer.params),
+                _change(layer.macs),
+            )
+            for layer in self.layers
         ]
         rows.append(("total (Linear/conv)", "", "", "", _change(self.params), _change(self.macs)))
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
         def line(cells: tuple[str, ...]) -> str:
-            return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            return "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            )
 
         rule = "-" * len(line(header))
         body = [line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1])]
         p0, p1 = self.params
         m0, m1 = self.macs
-        state = "removed" if self.shrunk else ("zeroed, not yet removed" if self.finalized else "masks not yet hardened")
+        state = (
+            "masks removed without hardening: nothing pruned"
+            if self.removed
+            else "removed"
+            if self.shrunk
+            else ("zeroed, not yet removed" if self.finalized else "masks not yet hardened")
+        )
         width = {name: self.group_units.get(name, ("channels", 1))[1] for name in self.groups}
         body.append(
-            f"channels: {self.channel_sparsity:.1%} of {sum(c * width[n] for n, (c, _) in self.groups.items()):,} in "
-            f"{len(self.groups)} groups pruned ({state}); params -{1 - p1 / p0:.1%}, MACs -{1 - m1 / m0:.1%}; "
+            f"channels: {self.channel_sparsity:.1%} of "
+            f"{sum(c * width[n] for n, (c, _) in self.groups.items()):,} in "
+            f"{len(self.groups)} groups pruned ({state}); params -{1 - p1 / p0:.1%}, MACs "
+            f"-{1 - m1 / m0:.1%}; "
             f"target {self.target_sparsity:.0%} of {self.unit}"
         )
         units: dict[str, list[tuple[int, int]]] = {}
         for name, (unit, _) in self.group_units.items():
             units.setdefault(unit, []).append(self.groups[name])
         for unit, counts in units.items():
-            body.append(f"{unit}: {sum(k for _, k in counts)} of {sum(c for c, _ in counts)} kept in {len(counts)} groups "
-                        f"(each {unit[:-1] if unit.endswith('s') else unit} is removed whole)")
+            body.append(
+                f"{unit}: {sum(k for _, k in counts)} of {sum(c for c, _ in counts)} kept in {len(counts)} "
+                "groups "
+                f"(each {unit[:-1] if unit.endswith('s') else unit} is removed whole)"
+            )
         body += [f"left alone: {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(body)
 
@@ -131,8 +161,10 @@ class ChannelReport:
         """Write report.json and report.txt atomically into ``directory``."""
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
-        return [atomic_write_json(folder / "report.json", self.to_dict()),
-                atomic_write_text(folder / "report.txt", self.to_text() + "\n")]
+        return [
+            atomic_write_json(folder / "report.json", self.to_dict()),
+            atomic_write_text(folder / "report.txt", self.to_text() + "\n"),
+        ]
 
 
 def _change(pair: tuple[int, int]) -> str:

@@ -31,7 +31,10 @@ def channel_scores(
         values = w.pow(2) if norm == "l2" else w.abs()
         squares = values.sum(dim=[d for d in range(w.dim()) if d != dim]) if w.dim() > 1 else values
         if total is not None and squares.shape != total.shape:
-            raise ValueError(f"coupled weights disagree on the channel count: {tuple(squares.shape)} vs {tuple(total.shape)}")
+            raise ValueError(
+                f"coupled weights disagree on the channel count: {tuple(squares.shape)} vs "
+                f"{tuple(total.shape)}"
+            )
         total = squares if total is None else total + squares
     assert total is not None
     return total
@@ -44,7 +47,9 @@ def channel_cut(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return (0.5 * (norms[keep - 1] + norms[keep])) ** 2
 
 
-def channel_soft_mask(scores: torch.Tensor, keep: int, tau: float, cut: torch.Tensor | None = None) -> torch.Tensor:
+def channel_soft_mask(
+    scores: torch.Tensor, keep: int, tau: float, cut: torch.Tensor | None = None
+) -> torch.Tensor:
     """PDP's mask per channel: sigmoid((s - t^2) / (tau * t^2)) with s the squared channel norm
     and t the midpoint between the keep-th and (keep+1)-th largest norm (``cut`` = t^2, if known).
 

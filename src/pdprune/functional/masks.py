@@ -8,27 +8,28 @@ fp16/bf16 weights never overflow or lose the comparison against the threshold.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 __all__ = [
+    "EAGER_KERNELS",
+    "MaskKernels",
+    "SoftMaskedWeight",
     "check_finite",
     "check_sparsity",
     "check_tau",
     "count_above_eager",
-    "EAGER_KERNELS",
     "hard_mask",
     "keep_count",
-    "MaskKernels",
     "masked_backward_eager",
     "masked_forward_eager",
     "midpoint_threshold",
-    "threshold_by_counts",
     "soft_mask",
     "soft_masked_weight",
-    "SoftMaskedWeight",
+    "threshold_by_counts",
 ]
 
 
@@ -114,8 +115,14 @@ def midpoint_threshold(
     """
     n = weight.numel()
     k = keep_count(n, sparsity)
-    if (hint is not None and hint > 0.0 and 0 < k < n and kernels is not None
-            and kernels.counts_above is not None and kernels.in_band is not None):
+    if (
+        hint is not None
+        and hint > 0.0
+        and 0 < k < n
+        and kernels is not None
+        and kernels.counts_above is not None
+        and kernels.in_band is not None
+    ):
         pair = _pair_by_band_counts(weight, k, hint, kernels, check, name)
         if pair is not None:
             return 0.5 * (pair[0] + pair[1])
@@ -218,7 +225,9 @@ def _pair_by_band_counts(
     return top[-2], top[-1]
 
 
-def _pair_in_band(mags: torch.Tensor, k: int, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _pair_in_band(
+    mags: torch.Tensor, k: int, low: float, high: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """a(k) and a(k+1) (1-based, descending) if both lie in [low, high], else None.
 
     In descending order the magnitudes are: those above ``high``, then the band, then those
@@ -282,7 +291,9 @@ def masked_forward_eager(weight: torch.Tensor, t: torch.Tensor, tau: float) -> t
     return mask.mul_(weight32).to(weight.dtype)
 
 
-def masked_backward_eager(weight: torch.Tensor, t: torch.Tensor, tau: float, grad: torch.Tensor) -> torch.Tensor:
+def masked_backward_eager(
+    weight: torch.Tensor, t: torch.Tensor, tau: float, grad: torch.Tensor
+) -> torch.Tensor:
     """d(m w)/dw times ``grad``, with m recomputed from w and t (6 passes over w)."""
     weight32 = weight.float()
     mask = _logits(weight32, t, tau).sigmoid_()

@@ -45,7 +45,9 @@ def _ungroup(grouped: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tenso
     return grouped.reshape(moved_shape).movedim(-1, dim)
 
 
-def nm_threshold(weight: torch.Tensor, n: int, m: int, dim: int = 1, *, check: bool = True, name: str = "weight") -> torch.Tensor:
+def nm_threshold(
+    weight: torch.Tensor, n: int, m: int, dim: int = 1, *, check: bool = True, name: str = "weight"
+) -> torch.Tensor:
     """PDP's threshold per group: the midpoint between the N-th and (N+1)-th largest magnitude.
 
     Returned in float32 with the weight's shape (each weight sees its group's threshold), detached.

@@ -1,0 +1,106 @@
+"""The methods an accuracy benchmark compares, each with the pruning schedule its paper uses.
+
+Every method shares warm-up length, ramp length, per-layer budgets, optimizer, learning-rate
+schedule, epochs and seeds; only the masking rule and the ramp's shape (linear for PDP as in the
+paper, cubic for GMP as in Zhu & Gupta) differ. One-shot cuts the whole budget when warm-up ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+from pdprune import DEFAULT_TAU, NM, PDP, Channels, PruneConfig, Schedule
+from pdprune.baselines import GMP, SRSTE, L1Channel, OneShot
+
+__all__ = ["BUDGETS", "CHANNEL_RAMP", "METHODS", "MethodSpec", "PruningSetup", "nm_sparsity"]
+
+RampShape = Literal["linear", "cubic"]
+BUDGETS = ("global", "erk", "uniform")  # PruneConfig(budget=...) rules for unstructured runs
+
+# The harness's ramp for channel pruning runs (a fraction of the steps), the library's default
+# too: on Fashion-MNIST at half the FLOPs (10 seeds) 20% beat 50% on SmallResNet (81.49% vs
+# 81.11%) and SmallMobileNetV2 (82.33% vs 81.47%), and 10% on SmallMobileNetV2 (82.10%);
+# results/accuracy/accuracy_cpu-2core-fmnist-channel-ramp0{1,2}*-10seeds.md.
+CHANNEL_RAMP = 0.2
+
+
+def nm_sparsity(pattern: str) -> float:
+    """The sparsity of an N:M pattern written as "N:M" (2:4 -> 0.5)."""
+    n, m = (int(part) for part in pattern.split(":"))
+    return NM(n, m).sparsity
+
+
+@dataclass(frozen=True)
+class PruningSetup:
+    """The budget-side settings every method in one comparison shares."""
+
+    warmup: float = 0.1
+    ramp: float = 0.5
+    budget: str = "global"
+    tau: float = DEFAULT_TAU
+    channel_tau: float = Channels().tau  # relative to t^2 (channel scores have no fixed scale)
+    channel_settle: float = Channels().settle  # fraction of the steps after the ramp spent hardening
+    channel_ramp: float | None = (
+        CHANNEL_RAMP  # ramp of channel pruning runs (PDP and L1-norm alike); None: ``ramp``
+    )
+    gmp_refreshes: int = 10  # mask refreshes over the ramp
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    shape: RampShape
+    make: Callable[[PruningSetup, int], Any]  # (setup, ramp steps) -> a pdprune method
+    unstructured: bool = True
+    nm: bool = False
+    channel: bool = False
+
+    def config(
+        self,
+        sparsity: float,
+        total_steps: int,
+        setup: PruningSetup,
+        filter_fn: Callable[[nn.Module, str], bool] | None = None,
+        pattern: str | None = None,
+    ) -> PruneConfig:
+        """The method's config; with an N:M ``pattern``, layers it cannot divide stay dense (the
+        stem's single input channel, depthwise convolutions) and the report lists them. Pattern
+        "channel" removes ``sparsity`` of the model's FLOPs by whole channels of every group,
+        "channel/expansion" of the groups that pass through a depthwise convolution only."""
+        channel = pattern is not None and pattern.startswith("channel")
+        ramp = setup.channel_ramp if channel and setup.channel_ramp is not None else setup.ramp
+        schedule = Schedule(total_steps=total_steps, warmup=setup.warmup, ramp=ramp, shape=self.shape)
+        common = {
+            "schedule": schedule,
+            "filter_fn": filter_fn,
+            "method": self.make(setup, schedule.ramp_steps),
+        }
+        # Each pattern gets only the settings that apply to it: channels carry their own tau, N:M
+        # sets every layer's share itself (no budget rule) and may leave indivisible layers dense.
+        if channel:
+            scope = "expansion" if pattern == "channel/expansion" else "all"
+            channels = Channels(unit="flops", tau=setup.channel_tau, settle=setup.channel_settle, scope=scope)
+            return PruneConfig(sparsity=sparsity, pattern=channels, **common)
+        if pattern is not None:
+            return PruneConfig(pattern=pattern, tau=setup.tau, indivisible="dense", **common)
+        return PruneConfig(sparsity=sparsity, tau=setup.tau, budget=setup.budget, **common)  # type: ignore[arg-type]
+
+
+METHODS: dict[str, MethodSpec] = {
+    "pdp": MethodSpec("pdp", "linear", lambda setup, ramp: PDP(), nm=True, channel=True),
+    # PDP with t reused within a 1% count tolerance (the default selects t exactly at every step);
+    # compared with "pdp" it measures what the tolerance costs in accuracy.
+    "pdp-tol": MethodSpec("pdp-tol", "linear", lambda setup, ramp: PDP(threshold_tolerance=1e-2)),
+    "gmp": MethodSpec(
+        "gmp", "cubic", lambda setup, ramp: GMP(refresh_every=max(1, ramp // setup.gmp_refreshes))
+    ),
+    "oneshot": MethodSpec("oneshot", "linear", lambda setup, ramp: OneShot(), nm=True),
+    "srste": MethodSpec("srste", "linear", lambda setup, ramp: SRSTE(), unstructured=False, nm=True),
+    "l1channel": MethodSpec(
+        "l1channel", "linear", lambda setup, ramp: L1Channel(), unstructured=False, channel=True
+    ),
+}

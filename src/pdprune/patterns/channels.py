@@ -1,0 +1,130 @@
+"""Channel targets: one coupled channel group with one shared mask per unit, and the forward hooks
+that apply it to each producer's output channels (weight rows, bias and norm affine parameters),
+swapping those parameters for masked ones during the module's forward as weight masks do."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdprune.channel.groups import ChannelGroup, ChannelMember
+from pdprune.functional import channel_scores, check_finite
+
+__all__ = ["ChannelHook", "ChannelTarget"]
+
+
+@dataclass
+class ChannelTarget:
+    """A channel group under pruning and the schedule's view of it: ``keep`` units at the end,
+    the ramp's progress, and how far the soft mask has hardened after the ramp."""
+
+    group: ChannelGroup
+    keep: int
+    tau: float
+    progress: float = 0.0  # fraction of the ramp done; 0 means no mask at all
+    temperature_scale: float = 1.0  # shrinks to 0 after the ramp: exact 0/1 masks before hardening
+    epoch: int = 0  # bumped every optimizer step
+    calls: int = 0  # training forwards of the group's producers
+
+    @property
+    def name(self) -> str:
+        return self.group.name
+
+    @property
+    def units(self) -> int:
+        return self.group.channels
+
+    @property
+    def device(self) -> torch.device:
+        return self.group.scored_weights()[0][0].device
+
+    def keep_now(self) -> int:
+        """Units kept at the ramp's progress: the cut moves one unit at a time, as the weight
+        ramp moves the sparsity, so at progress p, p of the units to remove are below it."""
+        return self.units - round(self.progress * (self.units - self.keep))
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [weight for weight, _ in self.group.scored_weights()] + [
+            w for w, _ in self.group.scale_weights()
+        ]
+
+    def check_finite(self) -> None:
+        for weight in self.parameters():
+            if not bool(torch.isfinite(weight.detach().abs().max())):  # NaN or inf iff some element is
+                check_finite(weight, f"a weight of channel group {self.name}")
+
+    def scores(self, norm: str = "l2", detach: bool = True) -> torch.Tensor:
+        """Per unit: the squared L2 norm of the parameters that set the channels' scale
+        (``"l2"``, PDP's score), or the L1 norm of the Linear/conv weights (``"l1"``)."""
+        weights = self.group.scale_weights() if norm == "l2" else self.group.scored_weights()
+        return self.group.per_unit(channel_scores(weights, norm=norm, detach=detach))
+
+    def swapped_out(self, model: nn.Module) -> str | None:
+        """Why this group no longer belongs to ``model`` (a layer replaced after prepare), or None."""
+        for member in self.group.members:
+            try:
+                current = model.get_submodule(member.name) if member.name else model
+            except AttributeError:
+                return f"{member.name} is no longer a submodule of the model"
+            if current is not member.module:
+                return f"{member.name} was replaced by another module after prepare()"
+        return None
+
+
+class ChannelHook:
+    """Pre/post forward hooks that run one producer module with its channels masked.
+
+    ``mask() -> per-unit float tensor`` is the method's mask in training for the group.
+    """
+
+    def __init__(
+        self, target: ChannelTarget, member: ChannelMember, mask: Callable[[], torch.Tensor]
+    ) -> None:
+        self.target = target
+        self.member = member
+        self.mask = mask
+        self.calls = 0  # training forwards of this producer
+        self._stash: list[list[tuple[str, nn.Parameter]]] = []
+
+    def before(self, module: nn.Module, args: Any) -> None:
+        if not self._enter(module.training):
+            return
+        m = self.target.group.expand(self.mask())
+        saved = []
+        for name, dim in self.member.channel_params():
+            parameter = module._parameters[name]
+            assert parameter is not None
+            shape = [1] * parameter.dim()
+            shape[dim] = -1
+            saved.append((name, parameter))
+            per_channel = self.member.stacked(m).view(shape).to(parameter.dtype)
+            module._parameters[name] = parameter * per_channel  # type: ignore[assignment]
+        self._stash.append(saved)
+
+    @torch.compiler.disable
+    def _enter(self, training: bool) -> bool:
+        """Count a training call; True when a mask is in force."""
+        if training:
+            self.calls += 1
+            self.target.calls += 1
+        return self.target.progress != 0.0
+
+    def after(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._stash:
+            for name, parameter in self._stash.pop():
+                module._parameters[name] = parameter
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_stash"] = []
+        return state
+
+    def attach(self, module: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        return [
+            module.register_forward_pre_hook(self.before),
+            module.register_forward_hook(self.after, always_call=True),
+        ]

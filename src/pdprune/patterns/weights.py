@@ -1,0 +1,220 @@
+"""Weight targets: one weight tensor pruned element by element (unstructured) or N of every M
+along its reduction dimension, and the forward hooks that make its layers compute with a mask.
+
+A forward pre-hook swaps the module's ``weight`` for the masked weight for the duration of its
+forward and a forward hook (always called, even on error) puts the Parameter back. The stored
+weights stay dense, ``state_dict`` keys stay the original ones, ``isinstance`` still holds, and
+the hooks hold no reference to the model, so ``copy.deepcopy`` and pickling work.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdprune.functional import hard_mask, keep_count, nm_hard_mask, nm_threshold
+from pdprune.patterns.specs import NM
+
+__all__ = ["DEFAULT_LAYER_TYPES", "WeightHook", "WeightTarget", "default_filter", "select_weights"]
+
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+def default_filter(module: nn.Module, fqn: str) -> bool:
+    """Linear and convolution layers (grouped, depthwise and transposed included)."""
+    return isinstance(module, DEFAULT_LAYER_TYPES)
+
+
+@dataclass
+class WeightTarget:
+    """One weight tensor under pruning, every (name, module) that uses it (tied weights), and the
+    schedule's view of it: its budget, the sparsity in force now and the ramp's progress."""
+
+    name: str
+    users: list[tuple[str, nn.Module]] = field(default_factory=list)
+    tau: float = 1e-4
+    nm: NM | None = None  # N:M along weight dimension ``dim``, or None for unstructured
+    dim: int = 1
+    fixed: float | None = None  # a sparsity the config fixes for this tensor (override, dense N:M layer)
+    note: str = ""
+    sparsity: float = 0.0  # in force now; 0 means no mask at all
+    progress: float = 0.0  # fraction of the ramp done (N:M scales its group thresholds by it)
+    steps_pruning: int = 0  # optimizer steps since warm-up ended
+    epoch: int = 0  # bumped at every optimizer step, so nothing cached outlives a step
+    calls: int = 0  # forward calls in training mode, to catch layers whose parent bypasses forward()
+
+    @property
+    def parameter(self) -> nn.Parameter:
+        return self.users[0][1]._parameters["weight"]  # type: ignore[return-value]
+
+    @property
+    def module_type(self) -> str:
+        return type(self.users[0][1]).__name__
+
+    def unpruned_now(self) -> bool:
+        """True when the sparsity in force keeps every weight (also a tiny sparsity that rounds to none)."""
+        if self.sparsity == 0.0:
+            return True
+        return self.nm is None and keep_count(self.parameter.numel(), self.sparsity) >= self.parameter.numel()
+
+    def hard_mask(self, weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+        """Boolean keep-mask at ``sparsity``: the largest magnitudes, or exactly N of every M."""
+        if self.nm is None or sparsity == 0.0:
+            return hard_mask(weight, sparsity, self.name)
+        if abs(sparsity - self.nm.sparsity) > 1e-9:
+            raise ValueError(
+                f"{self.name} is pruned {self.nm}: it hardens at {self.nm.sparsity:g} only, not {sparsity:g}"
+            )
+        return nm_hard_mask(weight, self.nm.n, self.nm.m, self.dim, name=self.name)
+
+    def nm_threshold(self, weight: torch.Tensor) -> torch.Tensor:
+        """N:M: each group's midpoint between its N-th and (N+1)-th largest magnitude, scaled by the
+        ramp's progress, so the cut grows smoothly from nothing to exactly N of M."""
+        assert self.nm is not None
+        return nm_threshold(weight, self.nm.n, self.nm.m, self.dim, name=self.name) * self.progress
+
+    def swapped_out(self, model: nn.Module) -> str | None:
+        """Why this target no longer belongs to ``model`` (a layer or weight replaced after prepare), or
+        None."""
+        for fqn, module in self.users:
+            try:
+                current = model.get_submodule(fqn) if fqn else model
+            except AttributeError:
+                return f"{fqn} is no longer a submodule of the model"
+            if current is not module:
+                return f"{fqn} was replaced by another module after prepare()"
+        return None
+
+
+class WeightHook:
+    """Forward pre-hook and post-hook pair that computes a module with its masked weight.
+
+    ``masked(weight) -> tensor`` is the method's mask in training for this target.
+    """
+
+    def __init__(self, target: WeightTarget, masked: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.target = target
+        self.masked = masked
+        self._stash: list[nn.Parameter] = []
+
+    def before(self, module: nn.Module, args: Any) -> None:
+        if not self._enter(module.training):
+            return
+        parameter = module._parameters["weight"]
+        self._stash.append(parameter)  # type: ignore[arg-type]
+        module._parameters["weight"] = self.masked(parameter)  # type: ignore[assignment]
+
+    # Bookkeeping in plain Python, kept out of torch.compile graphs: a call counter and a sparsity
+    # that grows every ramp step would otherwise be guarded on and recompile the graph each step.
+    @torch.compiler.disable
+    def _enter(self, training: bool) -> bool:
+        """Count a training call; True when a mask is in force."""
+        if training:
+            self.target.calls += 1
+        return not self.target.unpruned_now()
+
+    def after(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._stash:
+            module._parameters["weight"] = self._stash.pop()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_stash"] = []
+        return state
+
+    def attach(self, module: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        return [
+            module.register_forward_pre_hook(self.before),
+            module.register_forward_hook(self.after, always_call=True),
+        ]
+
+
+def _skipped_by_torch_internals(fqn: str, parent_of: dict[str, nn.Module]) -> bool:
+    # nn.MultiheadAttention reads out_proj.weight directly, never calling out_proj.forward, so a
+    # mask applied in forward would silently not apply.
+    return isinstance(parent_of.get(fqn), nn.MultiheadAttention)
+
+
+def select_weights(
+    model: nn.Module,
+    keep: Callable[[nn.Module, str], bool],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+) -> list[WeightTarget]:
+    """The weight tensors to prune, in model order, tied weights listed once.
+
+    ``keep(module, name)`` chooses layers; ``include``/``exclude``/``overrides`` are regexes that
+    must each match some candidate layer. Raises ValueError naming the problem when nothing is
+    selected or a regex matches nothing.
+    """
+    parent_of: dict[str, nn.Module] = {}
+    for parent_name, parent in model.named_modules():
+        for child_name, _ in parent.named_children():
+            parent_of[f"{parent_name}.{child_name}" if parent_name else child_name] = parent
+
+    candidates: list[tuple[str, nn.Module]] = []
+    for fqn, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is None or not keep(module, fqn) or _skipped_by_torch_internals(fqn, parent_of):
+            continue
+        candidates.append((fqn, module))
+    if not candidates:
+        raise ValueError(
+            f"{type(model).__name__} has no prunable layer: no module with a 'weight' parameter is "
+            f"accepted by the filter (default: Linear, Conv1d/2d/3d, ConvTranspose). Pass "
+            f"filter_fn=lambda module, name: ... to choose other layers."
+        )
+    names = [fqn for fqn, _ in candidates]
+    for what, patterns in (("include", include), ("exclude", exclude), ("override", overrides)):
+        for pattern in patterns:
+            if not any(re.search(pattern, n) for n in names):
+                raise ValueError(
+                    f"{what} pattern {pattern!r} matches no prunable layer; layers are: {_listing(names)}"
+                )
+
+    empty: list[str] = []
+    by_parameter: dict[int, WeightTarget] = {}
+    for fqn, module in candidates:
+        if include and not any(re.search(p, fqn) for p in include):
+            continue
+        if any(re.search(p, fqn) for p in exclude):
+            continue
+        weight = module._parameters["weight"]
+        if isinstance(weight, nn.parameter.UninitializedParameter):
+            raise ValueError(
+                f"{fqn} ({type(module).__name__}) has no shape yet: lazy modules get their weights at the "
+                f"first forward. Run the model once on a real batch before prepare()."
+            )
+        if weight.numel() == 0:  # e.g. Linear(4, 0): nothing to prune
+            empty.append(fqn)
+            continue
+        if weight.dim() < 2:
+            continue
+        entry = by_parameter.setdefault(id(weight), WeightTarget(name=f"{fqn}.weight" if fqn else "weight"))
+        entry.users.append((fqn, module))
+    if not by_parameter:
+        if empty and len(empty) == len(names):
+            raise ValueError(
+                f"every prunable layer of {type(model).__name__} is empty (no weights): {_listing(empty)}"
+            )
+        raise ValueError(f"include/exclude leave no layer to prune out of {len(names)}: {_listing(names)}")
+    return list(by_parameter.values())
+
+
+def _listing(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
