@@ -39,15 +39,17 @@ torch.set_num_threads(int(sys.argv[4]))
 
 def mlp(width):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 4))
+    layers = [nn.Linear(16, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 4)]
+    return nn.Sequential(*layers)
 
 def cnn():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
-                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    block = lambda c: [nn.Conv2d(c, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()]
+    return nn.Sequential(*block(3), *block(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
 
 SETTINGS = {
-    "pdp-global": dict(sparsity=0.9), "pdp-tolerance": dict(sparsity=0.9, method=pdprune.PDP(threshold_tolerance=0.01)),
+    "pdp-global": dict(sparsity=0.9),
+    "pdp-tolerance": dict(sparsity=0.9, method=pdprune.PDP(threshold_tolerance=0.01)),
     "pdp-erk": dict(sparsity=0.8, budget="erk"), "gmp": dict(sparsity=0.9, method=GMP(refresh_every=5)),
     "oneshot": dict(sparsity=0.9, method=OneShot()), "pdp-2:4": dict(pattern="2:4"),
     "srste-2:4": dict(pattern="2:4", method=SRSTE()), "pdp-channel": dict(sparsity=0.5, pattern="channel"),
@@ -102,32 +104,39 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in RUNS:
         times: dict[str, list[float]] = {"this": [], "other": []}
-        weights = {}
+        weights: dict[str, list[object]] = {"this": [], "other": []}
         for _ in range(args.repeats):
             for label, src in (("other", other), ("this", here)):
                 result = _run(src, name, args.steps, args.threads, args.width)
                 times[label].append(result["median_ms"])
-                weights[label] = result["weights"]
-        identical = weights["this"] == weights["other"]
+                weights[label].append(result["weights"])
+        # Every run of either tree against the first: a difference between runs of one tree is
+        # the machine's nondeterminism, not the change, and is reported as such.
+        runs_agree = {label: all(w == ws[0] for w in ws) for label, ws in weights.items()}
+        identical = sum(w == weights["other"][0] for w in weights["this"])
         this_ms, other_ms = statistics.median(times["this"]), statistics.median(times["other"])
-        rows.append({"run": name, "identical_weights": identical, "this_ms": this_ms, "other_ms": other_ms,
-                     "ratio": this_ms / other_ms})
-        print(f"{name:14s} weights {'identical' if identical else 'DIFFER'}  step {this_ms:.2f} ms here, "
+        rows.append({"run": name, "identical_runs": identical, "runs": args.repeats, "repeatable": runs_agree,
+                     "this_ms": this_ms, "other_ms": other_ms, "ratio": this_ms / other_ms})
+        print(f"{name:14s} weights identical in {identical}/{args.repeats} runs (repeatable here "
+              f"{runs_agree['this']}, there {runs_agree['other']}); step {this_ms:.2f} ms here, "
               f"{other_ms:.2f} ms there ({this_ms / other_ms:.2f}x)")
     info = {**provenance("benchmarks.compare_engines", sys.argv[1:] if argv is None else argv),
             "other_src": args.other, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
             "machine": machine_info(), "rows": rows}
     folder = RESULTS / "engine"
     atomic_write_json(folder / f"compare_engines_{args.tag}.json", info)
-    lines = [f"# Engine comparison: {args.tag}", "", f"Command: `{info['command']}`", f"Commit: {git_commit()}",
-             f"Compared with: {args.other}", f"Machine: {info['machine']}", "",
+    lines = [f"# Engine comparison: {args.tag}", "", f"Command: `{info['command']}`",
+             f"Commit: {git_commit()}", f"Compared with: {args.other}", f"Machine: {info['machine']}", "",
              f"{args.steps} training steps per run, median step time over the second half, median of "
              f"{args.repeats} interleaved runs per tree.", "",
-             "| run | final weights | step here (ms) | step there (ms) | ratio |", "|---|---|---|---|---|"]
-    lines += [f"| {r['run']} | {'identical' if r['identical_weights'] else 'differ'} | {r['this_ms']:.2f} | "
+             "| run | final weights identical to the other tree's | step here (ms) | step there (ms) | ratio |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['identical_runs']} of {r['runs']} runs | {r['this_ms']:.2f} | "
               f"{r['other_ms']:.2f} | {r['ratio']:.2f} |" for r in rows]
+    ratios = [r["ratio"] for r in rows]
+    lines += ["", f"Median ratio of step times (here / there) over the runs: {statistics.median(ratios):.2f}."]
     atomic_write_text(folder / f"compare_engines_{args.tag}.md", "\n".join(lines) + "\n")
-    return 0 if all(r["identical_weights"] for r in rows) else 1
+    return 0 if all(r["identical_runs"] == r["runs"] for r in rows) else 1
 
 
 if __name__ == "__main__":
