@@ -129,12 +129,13 @@ def main(argv: list[str] | None = None) -> int:
              f"Commit: {git_commit()}", f"Compared with: {args.other}", f"Machine: {info['machine']}", "",
              f"{args.steps} training steps per run, median step time over the second half, median of "
              f"{args.repeats} interleaved runs per tree.", "",
-             "| run | final weights identical to the other tree's | step here (ms) | step there (ms) | ratio |",
+             "| run | final weights identical to the other tree's | step here (ms) | step there (ms) "
+             "| ratio |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['run']} | {r['identical_runs']} of {r['runs']} runs | {r['this_ms']:.2f} | "
               f"{r['other_ms']:.2f} | {r['ratio']:.2f} |" for r in rows]
     ratios = [r["ratio"] for r in rows]
-    lines += ["", f"Median ratio of step times (here / there) over the runs: {statistics.median(ratios):.2f}."]
+    lines += ["", f"Median ratio of step times (here / there): {statistics.median(ratios):.2f}."]
     atomic_write_text(folder / f"compare_engines_{args.tag}.md", "\n".join(lines) + "\n")
     return 0 if all(r["identical_runs"] == r["runs"] for r in rows) else 1
 
