@@ -1,11 +1,11 @@
 """pdprune: prune PyTorch models while they train, with Parameter-free Differentiable Pruning.
 
-import pdprune
-config = pdprune.PruneConfig(sparsity=0.9, schedule=pdprune.Schedule(total_steps=steps))
-pruner = pdprune.prepare(model, config)
-for batch in data:
-    ...; loss.backward(); optimizer.step(); pruner.step()
-report = pruner.finalize()
+    import pdprune
+    config = pdprune.PruneConfig(sparsity=0.9, schedule=pdprune.Schedule(total_steps=steps))
+    pruner = pdprune.prepare(model, config)
+    for batch in data:
+        ...; loss.backward(); optimizer.step(); pruner.step()
+    report = pruner.finalize()
 """
 
 from pdprune import baselines, export

@@ -1,8 +1,8 @@
 """Weight pruners: unstructured and N:M plug their targets, budgets and hardening into the engine.
 
-pruner = pdprune.prepare(model, config)   # attach soft masks (no-op until warm-up ends)
-... loss.backward(); optimizer.step(); pruner.step()
-report = pruner.finalize()                # harden, fold masks into weights, detach
+    pruner = pdprune.prepare(model, config)   # attach soft masks (no-op until warm-up ends)
+    ... loss.backward(); optimizer.step(); pruner.step()
+    report = pruner.finalize()                # harden, fold masks into weights, detach
 """
 
 from __future__ import annotations

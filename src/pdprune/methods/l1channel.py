@@ -44,7 +44,7 @@ class L1Channel(Method):
         return 1.0 if schedule.pruning_started(step) else 0.0
 
     def after_step(self, target: ChannelTarget, state: L1ChannelState) -> None:
-        target.check_finite()
+        target.check_finite("l1")
         if state.fixed is None and target.progress > 0.0:
             state.fixed = self._top(target)
 
@@ -53,7 +53,7 @@ class L1Channel(Method):
 
     def final_channels(self, target: ChannelTarget, state: L1ChannelState) -> torch.Tensor:
         """The fixed choice; before pruning starts, a preview of it that fixes nothing."""
-        target.check_finite()
+        target.check_finite("l1")
         return state.fixed if state.fixed is not None else self._top(target)
 
     @staticmethod

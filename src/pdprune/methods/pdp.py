@@ -201,7 +201,7 @@ class PDP(Method):
         if target.temperature_scale <= 0.0:
             return channel_keep(self._checked_scores(target), keep_now).float()
         live = target.scores(detach=False)
-        key = (target.epoch, keep_now, *((id(w), w._version) for w in target.parameters()))
+        key = (target.epoch, keep_now, *((id(w), w._version) for w, _ in target.score_weights()))
         if state.cached is None or state.cached[0] != key:
             self._checked_scores(target)
             state.cached = (key, channel_cut(live, keep_now))

@@ -47,21 +47,21 @@ class ChannelTarget:
         ramp moves the sparsity, so at progress p, p of the units to remove are below it."""
         return self.units - round(self.progress * (self.units - self.keep))
 
-    def parameters(self) -> list[torch.Tensor]:
-        return [weight for weight, _ in self.group.scored_weights()] + [
-            w for w, _ in self.group.scale_weights()
-        ]
+    def score_weights(self, norm: str = "l2") -> list[tuple[torch.Tensor, int]]:
+        """(weight, channel dim) of what the score reads: the parameters that set the channels'
+        scale for ``"l2"`` (PDP), the Linear/conv weights for ``"l1"`` (the classic baseline)."""
+        return self.group.scale_weights() if norm == "l2" else self.group.scored_weights()
 
-    def check_finite(self) -> None:
-        for weight in self.parameters():
+    def check_finite(self, norm: str = "l2") -> None:
+        """Raise a clear error if a weight the score reads holds NaN or inf."""
+        for weight, _ in self.score_weights(norm):
             if not bool(torch.isfinite(weight.detach().abs().max())):  # NaN or inf iff some element is
                 check_finite(weight, f"a weight of channel group {self.name}")
 
     def scores(self, norm: str = "l2", detach: bool = True) -> torch.Tensor:
         """Per unit: the squared L2 norm of the parameters that set the channels' scale
         (``"l2"``, PDP's score), or the L1 norm of the Linear/conv weights (``"l1"``)."""
-        weights = self.group.scale_weights() if norm == "l2" else self.group.scored_weights()
-        return self.group.per_unit(channel_scores(weights, norm=norm, detach=detach))
+        return self.group.per_unit(channel_scores(self.score_weights(norm), norm=norm, detach=detach))
 
     def swapped_out(self, model: nn.Module) -> str | None:
         """Why this group no longer belongs to ``model`` (a layer replaced after prepare), or None."""
