@@ -2,23 +2,31 @@
 
 Budgets are fixed once, when pruning starts, from rank 0's view, so every rank prunes the same
 layers equally. That happens inside ``step()`` (every rank calls it) or, if warm-up has not
-ended, inside ``finalize()``; a rank that gets there alone would wait in the broadcast until the
-process group's timeout. So the ranks first meet at the store with a short deadline, and a rank
-left alone fails with a message naming the call every rank must make.
+ended, inside ``finalize()``. A rank that gets there alone would wait silently in the broadcast
+until the process group's timeout, so the ranks first meet at the store: a rank kept waiting
+warns after ``WARN_AFTER`` which ranks are missing and which calls every rank must make, and
+raises with that message after ``MEET_TIMEOUT``. A rank that is merely slow (evaluating, saving)
+only costs a warning.
 """
 
 from __future__ import annotations
 
 import datetime
+import time
+import warnings
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
-__all__ = ["MEET_TIMEOUT", "distributed", "shared_values"]
+__all__ = ["MEET_TIMEOUT", "WARN_AFTER", "distributed", "shared_values"]
 
-#: How long a rank waits for the others at a collective pruner call before it gives up.
-MEET_TIMEOUT = datetime.timedelta(seconds=120)
+#: How long a rank waits for the others at a collective pruner call before it raises.
+MEET_TIMEOUT: datetime.timedelta = default_pg_timeout
+#: How long it waits before it warns which ranks are missing.
+WARN_AFTER = datetime.timedelta(seconds=30)
 
+_POLL = datetime.timedelta(seconds=1)
 _meetings = 0
 
 
@@ -45,14 +53,24 @@ def _meet(call: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     prefix = f"pdprune/budgets/{_meetings}"
     store.set(f"{prefix}/{rank}", call)
-    try:
-        store.wait([f"{prefix}/{r}" for r in range(world)], MEET_TIMEOUT)
-    except RuntimeError as error:  # the store's timeout
-        arrived = [r for r in range(world) if store.check([f"{prefix}/{r}"])]
-        raise RuntimeError(
-            f"pdprune: rank {rank} reached {call}, which fixes the per-layer budgets for all ranks, but only "
-            f"rank(s) {arrived} of {world} got there within {MEET_TIMEOUT.total_seconds():.0f} s. Under "
-            "torch.distributed every rank must call pruner.step() after each optimizer step, and "
-            "pruner.finalize() "
-            f"together; report(), masks() and state_dict() are local and may be called on one rank. ({error})"
-        ) from None
+    keys = [f"{prefix}/{r}" for r in range(world)]
+    started, warned = time.monotonic(), False
+    while True:
+        try:
+            store.wait(keys, _POLL)
+            return
+        except RuntimeError:  # the store's timeout: not everyone is here yet
+            pass
+        waited = time.monotonic() - started
+        missing = [r for r in range(world) if not store.check([keys[r]])]
+        message = (
+            f"pdprune: rank {rank} reached {call}, which fixes the per-layer budgets for all ranks, "
+            f"and has waited {waited:.0f} s for rank(s) {missing}. Under torch.distributed every rank must "
+            f"call pruner.step() after each optimizer step, and pruner.finalize() together; report(), "
+            f"masks() and state_dict() are local and may be called on one rank."
+        )
+        if waited >= MEET_TIMEOUT.total_seconds():
+            raise RuntimeError(message)
+        if not warned and waited >= WARN_AFTER.total_seconds():
+            warnings.warn(message, stacklevel=4)
+            warned = True

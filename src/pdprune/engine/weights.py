@@ -39,6 +39,7 @@ class WeightPruner(Pruner[Any, WeightTarget]):
             target.tau = override.tau if override and override.tau is not None else config.tau
             target.fixed = override.sparsity if override else None
         self._shape_targets(targets, config)
+        self._warmup_steps = config.schedule.warmup_steps
         super().__init__(model, config, targets)
 
     # ----------------------------------------------------------------- public views
@@ -107,7 +108,7 @@ class WeightPruner(Pruner[Any, WeightTarget]):
             target.sparsity, target.progress, target.steps_pruning = 0.0, 0.0, 0
             return
         target.sparsity, target.progress = budget * progress, progress
-        target.steps_pruning = self.step_count - self.config.schedule.warmup_steps
+        target.steps_pruning = self.step_count - self._warmup_steps
 
     def _in_force(self) -> bool:
         return any(not t.unpruned_now() for t in self.targets.values())

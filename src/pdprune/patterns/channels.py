@@ -13,6 +13,7 @@ from torch import nn
 
 from pdprune.channel.groups import ChannelGroup, ChannelMember
 from pdprune.functional import channel_scores, check_finite
+from pdprune.patterns.weights import replaced
 
 __all__ = ["ChannelHook", "ChannelTarget"]
 
@@ -66,12 +67,9 @@ class ChannelTarget:
     def swapped_out(self, model: nn.Module) -> str | None:
         """Why this group no longer belongs to ``model`` (a layer replaced after prepare), or None."""
         for member in self.group.members:
-            try:
-                current = model.get_submodule(member.name) if member.name else model
-            except AttributeError:
-                return f"{member.name} is no longer a submodule of the model"
-            if current is not member.module:
-                return f"{member.name} was replaced by another module after prepare()"
+            why = replaced(model, member.name, member.module)
+            if why is not None:
+                return why
         return None
 
 
