@@ -20,59 +20,19 @@ from pathlib import Path
 
 from benchmarks.harness.methods import BUDGETS, PruningSetup
 from benchmarks.harness.provenance import RESULTS, command_for
-from pdprune import DEFAULT_TAU, Channels
-from pdprune.functional import check_sparsity, check_tau
+from pdprune import DEFAULT_TAU, Channels, argtypes
 from pdprune.io import ensure_writable_folder
 
 OUT = RESULTS / "accuracy"
 MODULE = "benchmarks.accuracy"
 
 
-def _sparsity(text: str) -> float:
-    try:
-        return check_sparsity(float(text))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _tau(text: str) -> float:
-    try:
-        return check_tau(float(text))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 0.9:
-        raise argparse.ArgumentTypeError(f"must be a fraction of the steps between 0 and 0.9, got {text}")
-    return value
-
-
-def _settle(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(
-            f"must be a fraction of the steps after the ramp in (0, 1], got {text}"
-        )
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def grid_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"python -m {MODULE}",
-        description="Train dense, PDP and baselines with the same epochs, optimizer, LR schedule, budgets "
-        "and "
-        f"seeds; write accuracy_<tag>.json/.md/.png with mean and sd per cell. `python -m {MODULE} merge "
-        "--help` "
-        "combines the files of several runs.",
+        description="Train dense, PDP and baselines with the same epochs, optimizer, LR schedule, "
+        "budgets and seeds; write accuracy_<tag>.json/.md/.png with mean and sd per cell. "
+        f"`python -m {MODULE} merge --help` combines the files of several runs.",
     )
     parser.add_argument(
         "--quick",
@@ -90,21 +50,21 @@ def grid_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sparsities",
         nargs="*",
-        type=_sparsity,
+        type=argtypes.sparsity,
         default=[0.8, 0.9, 0.95, 0.98, 0.99],
         help="unstructured sparsities for the image tasks (none: only --patterns)",
     )
     parser.add_argument(
         "--text-sparsities",
         nargs="*",
-        type=_sparsity,
+        type=argtypes.sparsity,
         default=[0.9],
         help="unstructured sparsities for the MiniLM task (default 0.9; none: skip them)",
     )
     parser.add_argument(
         "--text-channel-flops",
         nargs="+",
-        type=_sparsity,
+        type=argtypes.sparsity,
         default=[],
         metavar="FRACTION",
         help="prune MiniLM's attention heads and FFN rows to these fractions of the encoder's "
@@ -126,7 +86,7 @@ def grid_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--channel-flops",
         nargs="+",
-        type=_sparsity,
+        type=argtypes.sparsity,
         default=[],
         metavar="FRACTION",
         help="channel pruning of the image tasks to these fractions of FLOPs removed, e.g. 0.5",
@@ -152,14 +112,14 @@ def grid_parser() -> argparse.ArgumentParser:
         help="per-layer budget rules for MiniLM (default uniform)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=_positive_int, default=3, help="epochs for the image tasks")
+    parser.add_argument("--epochs", type=argtypes.positive_int, default=3, help="epochs for the image tasks")
     parser.add_argument(
         "--train-limit",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=None,
         help="first N Fashion-MNIST training images (default: all 60k)",
     )
-    parser.add_argument("--text-steps", type=_positive_int, default=250)
+    parser.add_argument("--text-steps", type=argtypes.positive_int, default=250)
     parser.add_argument("--text-lr", type=float, default=1e-4)
     parser.add_argument(
         "--distill",
@@ -168,10 +128,10 @@ def grid_parser() -> argparse.ArgumentParser:
         help="MiniLM: distil from the dense fine-tuned model of the same seed "
         "(both: each method with, then without; each dense model is trained once)",
     )
-    parser.add_argument("--tau", type=_tau, default=DEFAULT_TAU)
+    parser.add_argument("--tau", type=argtypes.tau, default=DEFAULT_TAU)
     parser.add_argument(
         "--ramp",
-        type=_fraction,
+        type=argtypes.fraction_of_steps,
         default=PruningSetup().ramp,
         help=f"fraction of the steps over which pruning ramps in, for every method "
         f"(default {PruningSetup().ramp:g}; 0: the full budget at the end of warm-up)",
@@ -186,21 +146,21 @@ def grid_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--channel-settle",
-        type=_settle,
+        type=argtypes.settle_fraction,
         default=Channels().settle,
         help="fraction of the steps after the ramp over which PDP's channel masks harden "
         f"(default {Channels().settle:g})",
     )
     parser.add_argument(
         "--channel-ramp",
-        type=_fraction,
+        type=argtypes.fraction_of_steps,
         default=PruningSetup().channel_ramp,
         help=f"fraction of the steps over which channel pruning ramps in, for PDP and L1-norm "
         f"alike (default {PruningSetup().channel_ramp:g})",
     )
     parser.add_argument(
         "--channel-tau",
-        type=_tau,
+        type=argtypes.tau,
         default=Channels().tau,
         help=f"PDP channel mask temperature, relative to t^2 (default {Channels().tau:g})",
     )
@@ -223,9 +183,8 @@ def grid_parser() -> argparse.ArgumentParser:
 def merge_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"python -m {MODULE} merge",
-        description=f"Combine the result files of several `python -m {MODULE}` runs (for example one per "
-        "budget "
-        "rule, task or set of seeds) into one set of files. Nothing is re-run.",
+        description=f"Combine the result files of several `python -m {MODULE}` runs (for example one "
+        "per budget rule, task or set of seeds) into one set of files. Nothing is re-run.",
     )
     parser.add_argument("files", nargs="+", type=Path, help="accuracy_<tag>.json files")
     parser.add_argument("--tag", required=True, help="name of the merged files: accuracy_<tag>.json/.md/.png")

@@ -194,9 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Commit: {payload['commit']}  ",
         (
             f"Machine: {payload['machine']['cpu']} ({payload['machine']['torch_threads']} torch threads), "
-            "torch "
-            f"{payload['machine']['torch']}. Targets: {', '.join(f'{f:.0%}' for f in args.flops)} of FLOPs "
-            "removed by whole channels (PDP channel "
+            f"torch {payload['machine']['torch']}. Targets: {', '.join(f'{f:.0%}' for f in args.flops)} of "
+            "FLOPs removed by whole channels (PDP channel "
             f"scores at init), then physically removed. Medians of {args.repeats} interleaved runs, float32, "
             "eval mode "
             f"(runtimes: {', '.join(args.runtimes)})."

@@ -126,12 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Commit: {payload['commit']}  ",
         (
             f"Machine: {payload['machine']['cpu']} ({payload['machine']['torch_threads']} torch threads), "
-            "torch "
-            f"{payload['machine']['torch']}. {args.flops:.0%} of the Linear layers' FLOPs removed by whole "
-            "heads and FFN "
-            f"rows (or FFN rows only), then physically removed; {args.tokens} tokens per sequence; medians "
-            "of "
-            f"{args.repeats} interleaved runs, float32, eval mode."
+            f"torch {payload['machine']['torch']}. {args.flops:.0%} of the Linear layers' FLOPs removed by "
+            f"whole heads and FFN rows (or FFN rows only), then physically removed; {args.tokens} tokens per "
+            f"sequence; medians of {args.repeats} interleaved runs, float32, eval mode."
         ),
         "",
         "| heads | batch | params dense -> shrunk | heads per layer | FFN widths | dense ms | shrunk ms | "

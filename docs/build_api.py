@@ -22,7 +22,15 @@ SECTIONS = [
     ),
     (
         "Configuration",
-        ["PruneConfig", "UnstructuredConfig", "NMConfig", "ChannelConfig", "Schedule", "LayerOverride"],
+        [
+            "PruneConfig",
+            "WeightConfig",
+            "UnstructuredConfig",
+            "NMConfig",
+            "ChannelConfig",
+            "Schedule",
+            "LayerOverride",
+        ],
     ),
     ("Patterns", ["Unstructured", "NM", "Channels", "ChannelGroupSpec", "default_filter"]),
     (

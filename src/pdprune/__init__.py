@@ -18,6 +18,7 @@ from pdprune.config import (
     NMConfig,
     PruneConfig,
     UnstructuredConfig,
+    WeightConfig,
 )
 from pdprune.engine.base import Pruner
 from pdprune.engine.channel import ChannelPruner
@@ -53,6 +54,7 @@ __all__ = [
     "Unstructured",
     "UnstructuredConfig",
     "UnstructuredPruner",
+    "WeightConfig",
     "WeightPruner",
     "__version__",
     "accelerate_2to4",

@@ -12,32 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pdprune
+from pdprune import argtypes
 from pdprune.demo.data import DATASETS
-from pdprune.functional import check_sparsity, check_tau
 from pdprune.io import atomic_write_json, ensure_writable_folder
 
 __all__ = ["main"]
-
-
-def _sparsity(text: str) -> float:
-    try:
-        return check_sparsity(float(text))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _tau(text: str) -> float:
-    try:
-        return check_tau(float(text))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -70,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--sparsity",
-        type=_sparsity,
+        type=argtypes.sparsity,
         default=None,
         help="fraction of weights removed (default 0.9), or of channels with --pattern channel (default 0.5)",
     )
@@ -84,21 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=None,
         help="epochs for each of the two runs (default: 30 for digits, 8 for fashion-mnist)",
     )
     demo.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order")
     demo.add_argument(
         "--tau",
-        type=_tau,
+        type=argtypes.tau,
         default=None,
         help=f"mask temperature (default {pdprune.DEFAULT_TAU}; with --pattern channel, relative to t^2, "
         f"default {pdprune.Channels().tau:g})",
     )
     demo.add_argument(
         "--train-limit",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=None,
         help="use only the first N training examples (quick runs)",
     )
@@ -117,11 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     latency = bench.add_parser(
         "latency",
         help="dense vs pruned inference time on this machine, with warnings where a pattern cannot pay",
-        description="Prune a model at initialisation to each pattern (channel: shrunk, widths rounded to 8), "
-        "then "
-        "time dense and pruned side by side on this device; print medians, ratios and the reasons a pattern "
-        "will "
-        "not be faster here; write latency_<tag>.json/.md with the command and commit.",
+        description="Prune a model at initialisation to each pattern (channel: shrunk, widths rounded to "
+        "8), then time dense and pruned side by side on this device; print medians, ratios and the reasons "
+        "a pattern will not be faster here; write latency_<tag>.json/.md with the command and commit.",
     )
     latency.add_argument(
         "--model",
@@ -148,17 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     latency.add_argument(
         "--sparsity",
-        type=_sparsity,
+        type=argtypes.sparsity,
         default=0.5,
         help="unstructured sparsity, and the fraction of FLOPs channel pruning removes (default 0.5)",
     )
-    latency.add_argument("--batches", nargs="+", type=_positive_int, default=[1, 32])
+    latency.add_argument("--batches", nargs="+", type=argtypes.positive_int, default=[1, 32])
     latency.add_argument(
         "--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda (default: cuda if present)"
     )
     latency.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     latency.add_argument(
-        "--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)"
+        "--threads", type=argtypes.positive_int, default=None, help="torch CPU threads (default: torch's)"
     )
     latency.add_argument(
         "--memory-format",
@@ -166,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="channels_last",
         help="layout of image models and inputs (default channels_last, the faster one on CPU)",
     )
-    latency.add_argument("--repeats", type=_positive_int, default=20)
+    latency.add_argument("--repeats", type=argtypes.positive_int, default=20)
     latency.add_argument("--out", type=Path, default=Path("pdprune-results") / "latency")
     latency.add_argument(
         "--tag", default=None, help="result file name suffix (default: <model or CALLABLE>-<device>)"

@@ -29,6 +29,7 @@ __all__ = [
     "NMConfig",
     "PruneConfig",
     "UnstructuredConfig",
+    "WeightConfig",
 ]
 
 #: Mask temperature in units of squared weights, chosen on the accuracy benchmark (docs/benchmarks.md).
@@ -148,11 +149,41 @@ class PruneConfig(metaclass=_BuildsForPattern):
 
 
 @dataclass(frozen=True, kw_only=True)
-class UnstructuredConfig(PruneConfig):
-    """Unstructured pruning: each layer keeps its largest-magnitude weights, as its budget allows.
+class WeightConfig(PruneConfig):
+    """What unstructured and N:M pruning share: a temperature and per-layer overrides.
 
     Args:
         tau: soft-mask temperature in units of squared weights.
+        overrides: regex -> :class:`LayerOverride` (or a bare sparsity, unstructured only); the
+            first match wins.
+    """
+
+    tau: float = DEFAULT_TAU
+    overrides: Mapping[str, LayerOverride | float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tau", check_tau(self.tau))
+        sparsities = isinstance(self.pattern, Unstructured)  # type: ignore[attr-defined]
+        object.__setattr__(self, "overrides", _overrides(self.overrides, sparsities, self.pattern))  # type: ignore[attr-defined]
+        super().__post_init__()
+
+    def override_for(self, name: str) -> LayerOverride | None:
+        """The first override whose regex is found in ``name``, if any."""
+        for regex, override in self.overrides.items():
+            if re.search(regex, name):
+                return override  # type: ignore[return-value]
+        return None
+
+    def fingerprint(self) -> dict[str, Any]:
+        overrides = {p: [o.sparsity, o.tau] for p, o in self.overrides.items()}  # type: ignore[union-attr]
+        return {**super().fingerprint(), "tau": self.tau, "overrides": overrides}
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnstructuredConfig(WeightConfig):
+    """Unstructured pruning: each layer keeps its largest-magnitude weights, as its budget allows.
+
+    Args:
         budget: how ``sparsity`` is split over layers, fixed when pruning starts. "global" ranks
             all selected weights by magnitude and gives each layer the fraction of its weights
             below the global cut (at extreme sparsity it can leave small layers a single weight);
@@ -166,9 +197,7 @@ class UnstructuredConfig(PruneConfig):
     pattern_type: ClassVar[type] = Unstructured
 
     pattern: Unstructured = field(default_factory=Unstructured)
-    tau: float = DEFAULT_TAU
     budget: Budget = "global"
-    overrides: Mapping[str, LayerOverride | float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(parse_pattern(self.pattern), Unstructured):
@@ -179,34 +208,22 @@ class UnstructuredConfig(PruneConfig):
                 "PruneConfig needs a sparsity (e.g. sparsity=0.9) or an N:M pattern (e.g. pattern='2:4')"
             )
         object.__setattr__(self, "sparsity", check_sparsity(self.sparsity))
-        object.__setattr__(self, "tau", check_tau(self.tau))
         if self.budget not in BUDGETS:
             raise ValueError(f"budget must be one of {', '.join(map(repr, BUDGETS))}, got {self.budget!r}")
-        object.__setattr__(self, "overrides", _overrides(self.overrides, sparsity_allowed=True))
         super().__post_init__()
 
-    def override_for(self, name: str) -> LayerOverride | None:
-        """The first override whose regex is found in ``name``, if any."""
-        return _first_match(self.overrides, name)
-
     def fingerprint(self) -> dict[str, Any]:
-        return {
-            **super().fingerprint(),
-            "tau": self.tau,
-            "budget": self.budget,
-            "overrides": {p: [o.sparsity, o.tau] for p, o in self.overrides.items()},
-        }
+        return {**super().fingerprint(), "budget": self.budget}
 
 
 @dataclass(frozen=True, kw_only=True)
-class NMConfig(PruneConfig):
+class NMConfig(WeightConfig):
     """N:M pruning: keep ``pattern.n`` of every ``pattern.m`` consecutive weights along each
     layer's reduction dimension (input features; input channels at a fixed output channel and
     kernel position). Every layer ends at N of M, so there are no budgets.
 
     Args:
         pattern: the :class:`pdprune.NM` pattern (or "2:4").
-        tau: soft-mask temperature in units of squared weights.
         indivisible: what to do with a layer whose reduction dimension M does not divide:
             "error" (default) or "dense", which leaves it unpruned and says so in the report.
         overrides: regex -> :class:`LayerOverride` with a ``tau`` (sparsities are N:M's own).
@@ -215,9 +232,7 @@ class NMConfig(PruneConfig):
     pattern_type: ClassVar[type] = NM
 
     pattern: NM = None  # type: ignore[assignment]
-    tau: float = DEFAULT_TAU
     indivisible: Literal["error", "dense"] = "error"
-    overrides: Mapping[str, LayerOverride | float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         parsed = parse_pattern(self.pattern)
@@ -233,24 +248,12 @@ class NMConfig(PruneConfig):
                 f"leave sparsity out with an N:M pattern (or set it to {parsed.sparsity:g})"
             )
         object.__setattr__(self, "sparsity", parsed.sparsity)
-        object.__setattr__(self, "tau", check_tau(self.tau))
         if self.indivisible not in ("error", "dense"):
             raise ValueError(f"indivisible must be 'error' or 'dense', got {self.indivisible!r}")
-        object.__setattr__(
-            self, "overrides", _overrides(self.overrides, sparsity_allowed=False, pattern=parsed)
-        )
         super().__post_init__()
 
-    def override_for(self, name: str) -> LayerOverride | None:
-        return _first_match(self.overrides, name)
-
     def fingerprint(self) -> dict[str, Any]:
-        return {
-            **super().fingerprint(),
-            "tau": self.tau,
-            "indivisible": self.indivisible,
-            "overrides": {p: [o.sparsity, o.tau] for p, o in self.overrides.items()},
-        }
+        return {**super().fingerprint(), "indivisible": self.indivisible}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -360,13 +363,6 @@ def _overrides(
                 f"only (pattern {pattern}); use exclude=[...] to leave layers out"
             )
     return MappingProxyType(normalised)
-
-
-def _first_match(overrides: Mapping[str, LayerOverride], name: str) -> LayerOverride | None:
-    for regex, override in overrides.items():
-        if re.search(regex, name):
-            return override
-    return None
 
 
 def _compile(pattern: str, what: str) -> re.Pattern[str]:

@@ -1,11 +1,11 @@
-"""Dataset registry: the image datasets the harness's tasks accept, by name."""
+"""Dataset registry: the image datasets the harness's tasks accept, by name. The loaders are the
+library's own (``pdprune.demo.data``), so the demo and the benchmarks read the same tensors."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarks.harness.data.fashion_mnist import load_fashion_mnist
-from benchmarks.harness.data.split import ImageSplit
+from pdprune.demo.data import ImageSplit, load_fashion_mnist
 
 __all__ = ["DATASETS", "ImageSplit", "load_dataset"]
 

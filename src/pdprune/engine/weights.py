@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pdprune.config import NMConfig, UnstructuredConfig
+from pdprune.config import NMConfig, UnstructuredConfig, WeightConfig
 from pdprune.engine.base import MaskInTraining, Pruner
 from pdprune.engine.collective import shared_values
 from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count
@@ -24,13 +24,13 @@ from pdprune.report import LayerReport, PruneReport
 __all__ = ["NMPruner", "UnstructuredPruner", "WeightPruner"]
 
 
-class WeightPruner(Pruner[Any, WeightTarget]):
+class WeightPruner(Pruner[WeightConfig, WeightTarget]):
     """What unstructured and N:M pruning share: one target per weight tensor, masked in forward
     by a :class:`~pdprune.patterns.weights.WeightHook`, hardened by zeroing weights."""
 
     kind: ClassVar[str] = "weights"
 
-    def __init__(self, model: nn.Module, config: Any) -> None:
+    def __init__(self, model: nn.Module, config: WeightConfig) -> None:
         targets = select_weights(
             model, config.filter_fn or default_filter, config.include, config.exclude, tuple(config.overrides)
         )
@@ -93,7 +93,7 @@ class WeightPruner(Pruner[Any, WeightTarget]):
         )
 
     # ----------------------------------------------------------------- engine hooks
-    def _shape_targets(self, targets: list[WeightTarget], config: Any) -> None:
+    def _shape_targets(self, targets: list[WeightTarget], config: WeightConfig) -> None:
         """Pattern-specific set-up of the targets (N:M: group axis, indivisible layers)."""
 
     def _attach(self, target: WeightTarget) -> list[torch.utils.hooks.RemovableHandle]:
