@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--other", required=True, help="the src/ folder of the checkout to compare with")
     parser.add_argument("--tag", required=True, help="names the result files, e.g. cpu-2core-vs-ce1f260")
-    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per tree and setting")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--width", type=int, default=256, help="hidden width of the MLP runs")
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         identical = sum(w == weights["other"][0] for w in weights["this"])
         this_ms, other_ms = statistics.median(times["this"]), statistics.median(times["other"])
         rows.append({"run": name, "identical_runs": identical, "runs": args.repeats, "repeatable": runs_agree,
-                     "this_ms": this_ms, "other_ms": other_ms, "ratio": this_ms / other_ms})
+                     "this_ms": this_ms, "other_ms": other_ms, "ratio": this_ms / other_ms,
+                     "this_runs_ms": times["this"], "other_runs_ms": times["other"]})
         print(f"{name:14s} weights identical in {identical}/{args.repeats} runs (repeatable here "
               f"{runs_agree['this']}, there {runs_agree['other']}); step {this_ms:.2f} ms here, "
               f"{other_ms:.2f} ms there ({this_ms / other_ms:.2f}x)")
@@ -129,11 +130,16 @@ def main(argv: list[str] | None = None) -> int:
              f"Commit: {git_commit()}", f"Compared with: {args.other}", f"Machine: {info['machine']}", "",
              f"{args.steps} training steps per run, median step time over the second half, median of "
              f"{args.repeats} interleaved runs per tree.", "",
-             "| run | final weights identical to the other tree's | step here (ms) | step there (ms) "
-             "| ratio |",
+             "Each run is a fresh process; the range of the runs' own medians shows how much a process's "
+             "timing varies on this machine.", "",
+             "| run | final weights identical to the other tree's | step here (ms) [range] | "
+             "step there (ms) [range] | ratio |",
              "|---|---|---|---|---|"]
-    lines += [f"| {r['run']} | {r['identical_runs']} of {r['runs']} runs | {r['this_ms']:.2f} | "
-              f"{r['other_ms']:.2f} | {r['ratio']:.2f} |" for r in rows]
+    for r in rows:
+        here = f"{r['this_ms']:.2f} [{min(r['this_runs_ms']):.2f}-{max(r['this_runs_ms']):.2f}]"
+        there = f"{r['other_ms']:.2f} [{min(r['other_runs_ms']):.2f}-{max(r['other_runs_ms']):.2f}]"
+        same = f"{r['identical_runs']} of {r['runs']} runs"
+        lines.append(f"| {r['run']} | {same} | {here} | {there} | {r['ratio']:.2f} |")
     ratios = [r["ratio"] for r in rows]
     lines += ["", f"Median ratio of step times (here / there): {statistics.median(ratios):.2f}."]
     atomic_write_text(folder / f"compare_engines_{args.tag}.md", "\n".join(lines) + "\n")
