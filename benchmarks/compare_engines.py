@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.harness.provenance import REPO, RESULTS, git_commit, provenance
+from benchmarks.harness.provenance import REPO, RESULTS, provenance
 from pdprune.io import atomic_write_json, atomic_write_text
 from pdprune.machine import machine_info
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = RESULTS / "engine"
     atomic_write_json(folder / f"compare_engines_{args.tag}.json", info)
     lines = [f"# Engine comparison: {args.tag}", "", f"Command: `{info['command']}`",
-             f"Commit: {git_commit()}", f"Compared with: {args.other}", f"Machine: {info['machine']}", "",
+             f"Commit: {info['commit']}", f"Compared with: {args.other}", f"Machine: {info['machine']}", "",
              f"{args.steps} training steps per run, median step time over the second half, median of "
              f"{args.repeats} interleaved runs per tree.", "",
              "Each run is a fresh process; the range of the runs' own medians shows how much a process's "
