@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from pdprune.channel.groups import ChannelGroup, ChannelMember
 from pdprune.functional import channel_scores, check_finite
+from pdprune.patterns.hooks import ParameterSwapHook
 from pdprune.patterns.weights import replaced
 
 __all__ = ["ChannelHook", "ChannelTarget"]
@@ -73,35 +73,31 @@ class ChannelTarget:
         return None
 
 
-class ChannelHook:
-    """Pre/post forward hooks that run one producer module with its channels masked.
-
-    ``mask() -> per-unit float tensor`` is the method's mask in training for the group.
-    """
+class ChannelHook(ParameterSwapHook):
+    """Runs one producer module with its channels masked (weight rows, bias, norm affine).
+    ``mask() -> per-unit float tensor`` is the method's mask in training for the group."""
 
     def __init__(
         self, target: ChannelTarget, member: ChannelMember, mask: Callable[[], torch.Tensor]
     ) -> None:
+        super().__init__()
         self.target = target
         self.member = member
         self.mask = mask
         self.calls = 0  # training forwards of this producer
-        self._stash: list[list[tuple[str, nn.Parameter]]] = []
 
-    def before(self, module: nn.Module, args: Any) -> None:
+    def masked_parameters(self, module: nn.Module) -> dict[str, torch.Tensor] | None:
         if not self._enter(module.training):
-            return
-        m = self.target.group.expand(self.mask())
-        saved = []
+            return None
+        m = self.member.stacked(self.target.group.expand(self.mask()))
+        swapped = {}
         for name, dim in self.member.channel_params():
             parameter = module._parameters[name]
             assert parameter is not None
             shape = [1] * parameter.dim()
             shape[dim] = -1
-            saved.append((name, parameter))
-            per_channel = self.member.stacked(m).view(shape).to(parameter.dtype)
-            module._parameters[name] = parameter * per_channel  # type: ignore[assignment]
-        self._stash.append(saved)
+            swapped[name] = parameter * m.view(shape).to(parameter.dtype)
+        return swapped
 
     @torch.compiler.disable
     def _enter(self, training: bool) -> bool:
@@ -110,19 +106,3 @@ class ChannelHook:
             self.calls += 1
             self.target.calls += 1
         return self.target.progress != 0.0
-
-    def after(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._stash:
-            for name, parameter in self._stash.pop():
-                module._parameters[name] = parameter
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_stash"] = []
-        return state
-
-    def attach(self, module: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
-        return [
-            module.register_forward_pre_hook(self.before),
-            module.register_forward_hook(self.after, always_call=True),
-        ]

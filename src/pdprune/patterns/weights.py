@@ -1,23 +1,18 @@
 """Weight targets: one weight tensor pruned element by element (unstructured) or N of every M
-along its reduction dimension, and the forward hooks that make its layers compute with a mask.
-
-A forward pre-hook swaps the module's ``weight`` for the masked weight for the duration of its
-forward and a forward hook (always called, even on error) puts the Parameter back. The stored
-weights stay dense, ``state_dict`` keys stay the original ones, ``isinstance`` still holds, and
-the hooks hold no reference to the model, so ``copy.deepcopy`` and pickling work.
-"""
+along its reduction dimension, how they are selected, and the hook that makes their layers
+compute with the masked weight (see :mod:`pdprune.patterns.hooks`)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from pdprune.functional import hard_mask, keep_count, nm_hard_mask, nm_threshold
+from pdprune.patterns.hooks import ParameterSwapHook
 from pdprune.patterns.specs import NM
 
 __all__ = [
@@ -102,23 +97,19 @@ class WeightTarget:
         return None
 
 
-class WeightHook:
-    """Forward pre-hook and post-hook pair that computes a module with its masked weight.
-
-    ``masked(weight) -> tensor`` is the method's mask in training for this target.
-    """
+class WeightHook(ParameterSwapHook):
+    """Runs a module with its masked weight. ``masked(weight) -> tensor`` is the method's mask
+    in training for this target."""
 
     def __init__(self, target: WeightTarget, masked: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
         self.target = target
         self.masked = masked
-        self._stash: list[nn.Parameter] = []
 
-    def before(self, module: nn.Module, args: Any) -> None:
+    def masked_parameters(self, module: nn.Module) -> dict[str, torch.Tensor] | None:
         if not self._enter(module.training):
-            return
-        parameter = module._parameters["weight"]
-        self._stash.append(parameter)  # type: ignore[arg-type]
-        module._parameters["weight"] = self.masked(parameter)  # type: ignore[assignment]
+            return None
+        return {"weight": self.masked(module._parameters["weight"])}  # type: ignore[arg-type]
 
     # Bookkeeping in plain Python, kept out of torch.compile graphs: a call counter and a sparsity
     # that grows every ramp step would otherwise be guarded on and recompile the graph each step.
@@ -128,21 +119,6 @@ class WeightHook:
         if training:
             self.target.calls += 1
         return not self.target.unpruned_now()
-
-    def after(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._stash:
-            module._parameters["weight"] = self._stash.pop()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_stash"] = []
-        return state
-
-    def attach(self, module: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
-        return [
-            module.register_forward_pre_hook(self.before),
-            module.register_forward_hook(self.after, always_call=True),
-        ]
 
 
 def replaced(model: nn.Module, fqn: str, module: nn.Module) -> str | None:
