@@ -20,7 +20,7 @@ from pathlib import Path
 
 from benchmarks.harness.methods import BUDGETS, PruningSetup
 from benchmarks.harness.provenance import RESULTS, command_for
-from pdprune import DEFAULT_TAU, Channels, argtypes
+from pdprune import Channels, argtypes
 from pdprune.io import ensure_writable_folder
 
 OUT = RESULTS / "accuracy"
@@ -42,9 +42,31 @@ def grid_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tasks",
         nargs="+",
-        choices=["resnet", "mobilenetv2", "minilm"],
+        choices=["resnet", "mobilenetv2", "smallcnn", "minilm"],
         default=["resnet", "mobilenetv2", "minilm"],
-        help="Fashion-MNIST ResNet / MobileNetV2, Rotten Tomatoes MiniLM-L6",
+        help="image models (on --dataset) and Rotten Tomatoes MiniLM-L6",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=["fashion-mnist", "digits"],
+        default="fashion-mnist",
+        help="data of the image tasks (default fashion-mnist)",
+    )
+    parser.add_argument(
+        "--pretrain-epochs",
+        type=argtypes.positive_int,
+        default=None,
+        help="fine-tuning scenario: train each seed's image model dense for this many epochs "
+        "first, then prune it while fine-tuning for --epochs (default: prune from scratch)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=2e-3,
+        help="Adam learning rate of the image tasks (the fine-tune's, with --pretrain-epochs)",
+    )
+    parser.add_argument(
+        "--pretrain-lr", type=float, default=2e-3, help="learning rate of the dense pretraining"
     )
     parser.add_argument("--methods", nargs="+", default=["pdp", "gmp", "oneshot"])
     parser.add_argument(
@@ -128,13 +150,29 @@ def grid_parser() -> argparse.ArgumentParser:
         help="MiniLM: distil from the dense fine-tuned model of the same seed "
         "(both: each method with, then without; each dense model is trained once)",
     )
-    parser.add_argument("--tau", type=argtypes.tau, default=DEFAULT_TAU)
+    temperature = parser.add_mutually_exclusive_group()
+    temperature.add_argument(
+        "--tau", type=argtypes.tau, default=None, help="PDP's absolute temperature (the paper's 1e-4)"
+    )
+    temperature.add_argument(
+        "--relative-tau",
+        type=argtypes.tau,
+        default=None,
+        help="PDP's temperature as a fraction of each layer's t^2 (default: the library's)",
+    )
     parser.add_argument(
         "--ramp",
         type=argtypes.fraction_of_steps,
         default=PruningSetup().ramp,
         help=f"fraction of the steps over which pruning ramps in, for every method "
         f"(default {PruningSetup().ramp:g}; 0: the full budget at the end of warm-up)",
+    )
+    parser.add_argument(
+        "--ramp-shape",
+        choices=["linear", "cubic"],
+        default=None,
+        help="one ramp shape for every method (default: each method's own, PDP linear as in the "
+        "paper, GMP cubic as in Zhu & Gupta)",
     )
     parser.add_argument(
         "--channel-scopes",
@@ -232,6 +270,10 @@ def run_grid(args: argparse.Namespace, command: str) -> Path:
         text_steps=args.text_steps,
         text_lr=args.text_lr,
         distill={"off": (False,), "on": (True,), "both": (True, False)}[args.distill],
+        image_dataset=args.dataset,
+        image_lr=args.lr,
+        pretrain_epochs=args.pretrain_epochs or 0,
+        pretrain_lr=args.pretrain_lr,
     )
     plan = build_plan(args.tasks, settings, quick=args.quick)
     grid = AccuracyGrid(
@@ -241,6 +283,8 @@ def run_grid(args: argparse.Namespace, command: str) -> Path:
         seeds=(0, 1) if args.quick else tuple(args.seeds),
         setup=PruningSetup(
             tau=args.tau,
+            relative_tau=args.relative_tau,
+            ramp_shape=args.ramp_shape,
             channel_tau=args.channel_tau,
             channel_settle=args.channel_settle,
             ramp=args.ramp,

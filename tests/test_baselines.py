@@ -32,6 +32,35 @@ def test_gmp_refreshes_masks_every_k_steps_during_the_ramp():
     assert report.achieved_sparsity == pytest.approx(0.9, abs=0.005)
 
 
+def test_gmp_default_follows_the_schedule_in_a_short_run():
+    # A short fine-tune (a 30-step ramp): the default (100 refreshes over the ramp) refreshes at
+    # every step, so the sparsity in force is the schedule's and finalize() adds nothing at the end.
+    model = mlp()
+    pruner = pdprune.prepare(model, config(total=60, warmup=10, ramp=30, method=GMP()))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for step in range(60):
+        train_steps(model, pruner, opt, step, step + 1)
+        target = pruner.targets["2.weight"]
+        assert pruner.state["2.weight"].sparsity == target.sparsity
+    before = _zeros(model)
+    pruner.finalize()
+    assert _zeros(model) == before
+
+
+def test_gmp_refreshes_spread_evenly_over_the_ramp():
+    model = mlp()
+    pruner = pdprune.prepare(model, config(total=60, warmup=10, ramp=30, method=GMP(refreshes=3)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    seen = []
+    for step in range(60):
+        train_steps(model, pruner, opt, step, step + 1)
+        seen.append(pruner.state["2.weight"].sparsity)
+    changes = [i + 1 for i in range(1, 60) if seen[i] != seen[i - 1]]
+    # pruning starts at step 10, then the ramp's progress passes 1/3 and 2/3 (10 steps apart),
+    # then the budget at the ramp's end
+    assert changes == [10, 19, 29, 39]
+
+
 def test_gmp_forward_uses_exactly_the_hard_mask():
     model = mlp()
     pruner = pdprune.prepare(model, config(warmup=0, ramp=1, method=GMP()))
@@ -101,6 +130,8 @@ def test_method_is_part_of_the_checkpoint_fingerprint():
 def test_bad_refresh_interval(bad):
     with pytest.raises(ValueError, match="refresh_every"):
         GMP(refresh_every=bad)
+    with pytest.raises(ValueError, match="refreshes"):
+        GMP(refreshes=bad)
 
 
 def test_method_must_be_a_mask_method():

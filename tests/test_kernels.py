@@ -192,3 +192,19 @@ def test_pdp_layers_of_fused_size_select_t_exactly_through_the_band_search(monke
         optimizer.zero_grad()
         pruner.step()
     assert "counts_above" in called and "in_band" in called
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_fused_kernels_match_eager_ones_with_a_temperature_on_the_device(pattern):
+    # relative_tau hands the kernels a 0-d tensor, not a float: same results as the float path.
+    torch.manual_seed(0)
+    weight = 0.05 * torch.randn(48, 64)
+    t = midpoint_threshold(weight, 0.8) if pattern == "unstructured" else nm_threshold(weight, 2, 4)
+    grad = torch.randn(48, 64)
+    tau = torch.tensor(3e-4)
+    fused = _run(fused_kernels(), weight, t, tau, grad)
+    eager = _run(EAGER_KERNELS, weight, t, tau, grad)
+    as_float = _run(EAGER_KERNELS, weight, t, 3e-4, grad)
+    for a, b in ((fused, eager), (eager, as_float)):
+        assert torch.allclose(a[0], b[0], rtol=2e-5, atol=1e-7)
+        assert torch.allclose(a[1], b[1], rtol=2e-5, atol=2e-5 * float(b[1].abs().max()))

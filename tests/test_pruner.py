@@ -28,7 +28,8 @@ def test_all_layer_kinds_are_selected_and_masked():
         for tensor in pruner.tensors:
             w = tensor.parameter
             r = sparsity_now[tensor.name]
-            w.copy_(soft_masked_weight(w, midpoint_threshold(w, r), pruner.targets[tensor.name].tau))
+            tau = pruner.config.method.temperature(tensor, pruner.state[tensor.name])
+            w.copy_(soft_masked_weight(w, midpoint_threshold(w, r), tau))
         pruner.remove()
         direct_out = model(*inputs)
     assert torch.allclose(masked_out, direct_out, atol=1e-6)

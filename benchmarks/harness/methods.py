@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from pdprune import DEFAULT_TAU, NM, PDP, Channels, PruneConfig, Schedule
+from pdprune import DEFAULT_TAU, DEFAULT_WEIGHT_SETTLE, NM, PDP, Channels, PruneConfig, Schedule
 from pdprune.baselines import GMP, SRSTE, L1Channel, OneShot
 
 __all__ = ["BUDGETS", "CHANNEL_RAMP", "METHODS", "MethodSpec", "PruningSetup", "nm_sparsity"]
@@ -41,13 +41,37 @@ class PruningSetup:
     warmup: float = 0.1
     ramp: float = 0.5
     budget: str = "global"
-    tau: float = DEFAULT_TAU
+    tau: float | None = None  # PDP's absolute temperature (the paper's units), or None:
+    relative_tau: float | None = None  # a fraction of t^2 (None and None: the library's default)
     channel_tau: float = Channels().tau  # relative to t^2 (channel scores have no fixed scale)
     channel_settle: float = Channels().settle  # fraction of the steps after the ramp spent hardening
     channel_ramp: float | None = (
         CHANNEL_RAMP  # ramp of channel pruning runs (PDP and L1-norm alike); None: ``ramp``
     )
-    gmp_refreshes: int = 10  # mask refreshes over the ramp
+    gmp_refreshes: int = GMP().refreshes  # mask refreshes over the ramp (the library's default)
+
+    ramp_shape: RampShape | None = None  # one ramp shape for every method, or None: each its own
+    settle: float | None = DEFAULT_WEIGHT_SETTLE  # PDP weight masks harden over this much after the ramp
+
+    def temperature(self) -> dict[str, float | None]:
+        """The PruneConfig settings of the weight masks' temperature this setup asks for."""
+        chosen = {"tau": self.tau, "relative_tau": self.relative_tau}
+        return {k: v for k, v in chosen.items() if v is not None} | {"settle": self.settle}
+
+    def temperature_text(self) -> str:
+        if self.tau is not None:
+            return f"tau {self.tau:g} (absolute)" + (
+                "" if self.settle is None else f", settle {self.settle:g}"
+            )
+        from pdprune import DEFAULT_RELATIVE_TAU
+
+        relative = self.relative_tau if self.relative_tau is not None else DEFAULT_RELATIVE_TAU
+        settle = (
+            "soft until hardening"
+            if self.settle is None
+            else f"hardened over the first {self.settle:.0%} of the steps after the ramp"
+        )
+        return f"tau {relative:g} of the mean squared weight at the start (relative), {settle}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,7 @@ class MethodSpec:
     unstructured: bool = True
     nm: bool = False
     channel: bool = False
+    temperature: dict[str, float] | None = None  # PruneConfig temperature replacing the setup's
 
     def config(
         self,
@@ -73,7 +98,8 @@ class MethodSpec:
         "channel/expansion" of the groups that pass through a depthwise convolution only."""
         channel = pattern is not None and pattern.startswith("channel")
         ramp = setup.channel_ramp if channel and setup.channel_ramp is not None else setup.ramp
-        schedule = Schedule(total_steps=total_steps, warmup=setup.warmup, ramp=ramp, shape=self.shape)
+        shape = setup.ramp_shape or self.shape
+        schedule = Schedule(total_steps=total_steps, warmup=setup.warmup, ramp=ramp, shape=shape)
         common = {
             "schedule": schedule,
             "filter_fn": filter_fn,
@@ -85,19 +111,27 @@ class MethodSpec:
             scope = "expansion" if pattern == "channel/expansion" else "all"
             channels = Channels(unit="flops", tau=setup.channel_tau, settle=setup.channel_settle, scope=scope)
             return PruneConfig(sparsity=sparsity, pattern=channels, **common)
+        temperature = self.temperature if self.temperature is not None else setup.temperature()
         if pattern is not None:
-            return PruneConfig(pattern=pattern, tau=setup.tau, indivisible="dense", **common)
-        return PruneConfig(sparsity=sparsity, tau=setup.tau, budget=setup.budget, **common)  # type: ignore[arg-type]
+            return PruneConfig(pattern=pattern, indivisible="dense", **temperature, **common)
+        return PruneConfig(sparsity=sparsity, budget=setup.budget, **temperature, **common)  # type: ignore[arg-type]
 
 
 METHODS: dict[str, MethodSpec] = {
     "pdp": MethodSpec("pdp", "linear", lambda setup, ramp: PDP(), nm=True, channel=True),
+    # PDP as the paper runs it and as the library did before relative_tau and settle: a fixed
+    # temperature and soft masks until hardening. Compared with "pdp" it measures the new defaults.
+    "pdp-tau1e-4": MethodSpec(
+        "pdp-tau1e-4",
+        "linear",
+        lambda setup, ramp: PDP(),
+        nm=True,
+        temperature={"tau": DEFAULT_TAU, "settle": None},
+    ),
     # PDP with t reused within a 1% count tolerance (the default selects t exactly at every step);
     # compared with "pdp" it measures what the tolerance costs in accuracy.
     "pdp-tol": MethodSpec("pdp-tol", "linear", lambda setup, ramp: PDP(threshold_tolerance=1e-2)),
-    "gmp": MethodSpec(
-        "gmp", "cubic", lambda setup, ramp: GMP(refresh_every=max(1, ramp // setup.gmp_refreshes))
-    ),
+    "gmp": MethodSpec("gmp", "cubic", lambda setup, ramp: GMP(refreshes=setup.gmp_refreshes)),
     "oneshot": MethodSpec("oneshot", "linear", lambda setup, ramp: OneShot(), nm=True),
     "srste": MethodSpec("srste", "linear", lambda setup, ramp: SRSTE(), unstructured=False, nm=True),
     "l1channel": MethodSpec(

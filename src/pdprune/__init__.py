@@ -1,18 +1,20 @@
 """pdprune: prune PyTorch models while they train, with Parameter-free Differentiable Pruning.
 
-    import pdprune
-    config = pdprune.PruneConfig(sparsity=0.9, schedule=pdprune.Schedule(total_steps=steps))
-    pruner = pdprune.prepare(model, config)
-    for batch in data:
-        ...; loss.backward(); optimizer.step(); pruner.step()
-    report = pruner.finalize()
+import pdprune
+config = pdprune.PruneConfig(sparsity=0.9, schedule=pdprune.Schedule(total_steps=steps))
+pruner = pdprune.prepare(model, config)
+for batch in data:
+    ...; loss.backward(); optimizer.step(); pruner.step()
+report = pruner.finalize()
 """
 
 from pdprune import baselines, export
 from pdprune.api import prepare, register
 from pdprune.channel.report import ChannelReport
 from pdprune.config import (
+    DEFAULT_RELATIVE_TAU,
     DEFAULT_TAU,
+    DEFAULT_WEIGHT_SETTLE,
     ChannelConfig,
     LayerOverride,
     NMConfig,
@@ -34,7 +36,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
+    "DEFAULT_RELATIVE_TAU",
     "DEFAULT_TAU",
+    "DEFAULT_WEIGHT_SETTLE",
     "NM",
     "PDP",
     "ChannelConfig",

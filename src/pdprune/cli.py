@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tau",
         type=argtypes.tau,
         default=None,
-        help=f"mask temperature (default {pdprune.DEFAULT_TAU}; with --pattern channel, relative to t^2, "
-        f"default {pdprune.Channels().tau:g})",
+        help="a fixed mask temperature in squared-weight units, as in the paper (e.g. "
+        f"{pdprune.DEFAULT_TAU:g}); default: {pdprune.DEFAULT_RELATIVE_TAU:g} of each layer's mean "
+        f"squared weight. With --pattern channel: relative to t^2, default {pdprune.Channels().tau:g}",
     )
     demo.add_argument(
         "--train-limit",

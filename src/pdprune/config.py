@@ -8,6 +8,7 @@ registry in :mod:`pdprune.api`.
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -23,7 +24,9 @@ from pdprune.schedule import Schedule
 
 __all__ = [
     "BUDGETS",
+    "DEFAULT_RELATIVE_TAU",
     "DEFAULT_TAU",
+    "DEFAULT_WEIGHT_SETTLE",
     "ChannelConfig",
     "LayerOverride",
     "NMConfig",
@@ -32,8 +35,14 @@ __all__ = [
     "WeightConfig",
 ]
 
-#: Mask temperature in units of squared weights, chosen on the accuracy benchmark (docs/benchmarks.md).
+#: The paper's temperature, in units of squared weights: ``PruneConfig(tau=DEFAULT_TAU)``.
 DEFAULT_TAU = 1e-4
+#: The default temperature, as a fraction of each layer's mean squared weight when pruning starts
+#: (the gain at the cut is then the same on every layer at a given sparsity). Chosen on
+#: fine-tuning and from-scratch runs: docs/how-pdp-works.md, "The temperature".
+DEFAULT_RELATIVE_TAU = 0.1
+#: The default fraction of the steps after the ramp over which weight masks harden.
+DEFAULT_WEIGHT_SETTLE = 0.25
 
 Budget = Literal["global", "erk", "uniform"]
 BUDGETS: tuple[str, ...] = ("global", "erk", "uniform")
@@ -49,12 +58,26 @@ class LayerOverride:
 
     sparsity: float | None = None
     tau: float | None = None
+    relative_tau: float | None = None
 
     def __post_init__(self) -> None:
         if self.sparsity is not None:
             object.__setattr__(self, "sparsity", check_sparsity(self.sparsity, "LayerOverride.sparsity"))
-        if self.tau is not None:
-            object.__setattr__(self, "tau", check_tau(self.tau, "LayerOverride.tau"))
+        _check_temperatures(self, "LayerOverride.")
+
+
+def _check_temperatures(settings: Any, prefix: str) -> None:
+    """Check ``settings.tau`` and ``settings.relative_tau`` (at most one of them set)."""
+    if settings.tau is not None and settings.relative_tau is not None:
+        raise ValueError(
+            f"give {prefix}tau (absolute, in squared-weight units as in the paper) or "
+            f"{prefix}relative_tau (a fraction of each layer's t^2), not both"
+        )
+    if settings.tau is not None:
+        object.__setattr__(settings, "tau", check_tau(settings.tau, f"{prefix}tau"))
+    if settings.relative_tau is not None:
+        value = check_tau(settings.relative_tau, f"{prefix}relative_tau")
+        object.__setattr__(settings, "relative_tau", value)
 
 
 class _BuildsForPattern(type):
@@ -153,16 +176,42 @@ class WeightConfig(PruneConfig):
     """What unstructured and N:M pruning share: a temperature and per-layer overrides.
 
     Args:
-        tau: soft-mask temperature in units of squared weights.
+        relative_tau: soft-mask temperature as a fraction of each layer's mean squared weight,
+            measured when pruning starts, so that a layer's mask has the same shape whatever the
+            scale of its weights: at a given sparsity every layer gets the same gradient gain at
+            its cut (t^2 / (2 tau), shown per layer in the report). The default, when neither
+            temperature is given, is :data:`DEFAULT_RELATIVE_TAU`.
+        tau: the paper's fixed temperature in units of squared weights (1e-4 there,
+            :data:`DEFAULT_TAU`); giving it replaces ``relative_tau``. A layer's gain at the cut
+            is then large for layers of large weights and small for small ones.
+        settle: after the ramp the temperature shrinks linearly to zero over this fraction of the
+            remaining steps, and the rest of training runs with the exact 0/1 mask that
+            ``finalize()`` applies, so hardening changes nothing the network has not trained
+            with. ``None`` keeps the soft mask until ``finalize()``, as the paper does.
         overrides: regex -> :class:`LayerOverride` (or a bare sparsity, unstructured only); the
             first match wins.
     """
 
-    tau: float = DEFAULT_TAU
+    tau: float | None = None
+    relative_tau: float | None = None
+    settle: float | None = DEFAULT_WEIGHT_SETTLE
     overrides: Mapping[str, LayerOverride | float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tau", check_tau(self.tau))
+        _check_temperatures(self, "")
+        if self.settle is not None:
+            if (
+                isinstance(self.settle, bool)
+                or not isinstance(self.settle, numbers.Real)
+                or not 0 < self.settle <= 1
+            ):
+                raise ValueError(
+                    f"settle is the fraction of the steps after the ramp over which the masks harden: "
+                    f"a number in (0, 1], or None to keep them soft until finalize(); got {self.settle!r}"
+                )
+            object.__setattr__(self, "settle", float(self.settle))
+        if self.tau is None and self.relative_tau is None:
+            object.__setattr__(self, "relative_tau", DEFAULT_RELATIVE_TAU)
         sparsities = isinstance(self.pattern, Unstructured)  # type: ignore[attr-defined]
         object.__setattr__(self, "overrides", _overrides(self.overrides, sparsities, self.pattern))  # type: ignore[attr-defined]
         super().__post_init__()
@@ -175,8 +224,14 @@ class WeightConfig(PruneConfig):
         return None
 
     def fingerprint(self) -> dict[str, Any]:
-        overrides = {p: [o.sparsity, o.tau] for p, o in self.overrides.items()}  # type: ignore[union-attr]
-        return {**super().fingerprint(), "tau": self.tau, "overrides": overrides}
+        overrides = {p: [o.sparsity, o.tau, o.relative_tau] for p, o in self.overrides.items()}  # type: ignore[union-attr]
+        return {
+            **super().fingerprint(),
+            "tau": self.tau,
+            "relative_tau": self.relative_tau,
+            "settle": self.settle,
+            "overrides": overrides,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,7 +281,8 @@ class NMConfig(WeightConfig):
         pattern: the :class:`pdprune.NM` pattern (or "2:4").
         indivisible: what to do with a layer whose reduction dimension M does not divide:
             "error" (default) or "dense", which leaves it unpruned and says so in the report.
-        overrides: regex -> :class:`LayerOverride` with a ``tau`` (sparsities are N:M's own).
+        overrides: regex -> :class:`LayerOverride` with a ``tau`` or ``relative_tau`` (sparsities
+            are N:M's own).
     """
 
     pattern_type: ClassVar[type] = NM
@@ -306,6 +362,9 @@ class ChannelConfig(PruneConfig):
 
 _WHERE_INSTEAD = {
     ("tau", Channels): "channel masks take their temperature from Channels(tau=...), relative to t^2",
+    ("relative_tau", Channels): "channel masks take their temperature from Channels(tau=...), "
+    "relative to t^2 already",
+    ("settle", Channels): "channel masks harden over Channels(settle=...)",
     ("budget", Channels): "Channels(unit=...) says what the sparsity counts; groups share one budget",
     ("budget", NM): "every N:M layer keeps N of M, so there is no budget to split",
     ("overrides", Channels): "use exclude=[...] to keep layers whole",

@@ -117,7 +117,9 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
     return flat.set_(tensor.untyped_storage(), tensor.storage_offset(), (tensor.numel(),), (1,))
 
 
-def _inverse(tau: float, like: torch.Tensor) -> torch.Tensor:
+def _inverse(tau: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(tau, torch.Tensor):
+        return (1.0 / tau).reshape(()).to(dtype=torch.float32, device=like.device)
     return torch.full((), 1.0 / tau, dtype=torch.float32, device=like.device)
 
 
@@ -139,7 +141,7 @@ class FusedSoftMaskedWeight(torch.autograd.Function):
     """:class:`pdprune.functional.SoftMaskedWeight` with one fused loop forward and one backward."""
 
     @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
+    def forward(ctx: Any, weight: torch.Tensor, t: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(weight, t)
         ctx.tau = tau
         try:

@@ -23,6 +23,9 @@ class LayerReport:
     target_sparsity: float
     achieved_sparsity: float
     note: str = ""
+    # PDP: t^2 / (2 tau) at the last cut in force, the gradient gain of a weight there (None
+    # for other methods or before pruning started).
+    gain: float | None = None
 
     @property
     def nonzero(self) -> int:
@@ -79,7 +82,8 @@ class PruneReport:
         }
 
     def to_text(self) -> str:
-        header = ("layer", "type", "shape", "params", "target", "achieved")
+        gains = any(layer.gain is not None for layer in self.layers)
+        header = ("layer", "type", "shape", "params", "target", "achieved", *(("gain",) if gains else ()))
         rows = [
             (
                 layer.name,
@@ -88,6 +92,7 @@ class PruneReport:
                 f"{layer.params:,}",
                 f"{layer.target_sparsity:.4f}",
                 f"{layer.achieved_sparsity:.4f}",
+                *((_gain(layer.gain),) if gains else ()),
             )
             for layer in self.layers
         ]
@@ -99,6 +104,7 @@ class PruneReport:
                 f"{self.pruned_params:,}",
                 f"{self.target_sparsity:.4f}",
                 f"{self.achieved_sparsity:.4f}",
+                *(("",) if gains else ()),
             )
         )
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -113,6 +119,11 @@ class PruneReport:
         if self.pattern != "unstructured":
             body.append(
                 f"pattern {self.pattern}: N of every M consecutive weights along each layer's input dimension"
+            )
+        if gains:
+            body.append(
+                "gain: how much PDP's soft mask amplified the gradient of a weight at the cut "
+                "(t^2 / (2 tau), last step in force)"
             )
         body += [f"{layer.name}: {layer.note}" for layer in self.layers if layer.note]
         kept = self.model_params - self.removed_params
@@ -179,6 +190,10 @@ class PruneReport:
             return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
         finally:
             plt.close(fig)
+
+
+def _gain(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _have_matplotlib() -> bool:

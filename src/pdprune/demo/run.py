@@ -76,7 +76,7 @@ class ComparisonResult:
     seed: int
     sparsity: float
     pattern: str
-    tau: float
+    temperature: dict[str, float | None]  # the mask temperature settings the pruned twin used
     dense_accuracy: float
     pruned_accuracy: float
     dense_params: int
@@ -97,16 +97,19 @@ class ComparisonResult:
         }
 
 
-def _config(target: DemoTarget, tau: float, schedule: pdprune.Schedule) -> pdprune.PruneConfig:
+def _config(target: DemoTarget, tau: float | None, schedule: pdprune.Schedule) -> pdprune.PruneConfig:
     """Only the settings that apply to the pattern: channels take their tau inside Channels (relative
-    to t^2), N:M takes no sparsity and leaves the layers it cannot divide dense."""
+    to t^2), N:M takes no sparsity and leaves the layers it cannot divide dense. A ``tau`` of None
+    keeps the library's default temperature."""
     if target.channels:
-        return pdprune.PruneConfig(
-            sparsity=target.sparsity, pattern=pdprune.Channels(tau=tau), schedule=schedule
-        )
+        channels = pdprune.Channels() if tau is None else pdprune.Channels(tau=tau)
+        return pdprune.PruneConfig(sparsity=target.sparsity, pattern=channels, schedule=schedule)
+    temperature = {} if tau is None else {"tau": tau}
     if isinstance(target.pattern, pdprune.NM):
-        return pdprune.PruneConfig(pattern=target.pattern, tau=tau, schedule=schedule, indivisible="dense")
-    return pdprune.PruneConfig(sparsity=target.sparsity, tau=tau, schedule=schedule)
+        return pdprune.PruneConfig(
+            pattern=target.pattern, schedule=schedule, indivisible="dense", **temperature
+        )
+    return pdprune.PruneConfig(sparsity=target.sparsity, schedule=schedule, **temperature)
 
 
 def _build_model(image_shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
@@ -138,13 +141,16 @@ def run_comparison(
         data = data.subset(train=train_limit)
     epochs = epochs if epochs is not None else DEFAULT_EPOCHS.get(dataset, 10)
     ramp = ramp if ramp is not None else (CHANNEL_RAMP if target.channels else 0.5)
-    if tau is None:  # channel masks take tau relative to t^2
-        tau = pdprune.Channels().tau if target.channels else pdprune.DEFAULT_TAU
 
     def config_for(total: int) -> pdprune.PruneConfig:
         return _config(target, tau, pdprune.Schedule(total_steps=total, warmup=warmup, ramp=ramp))
 
-    config_for(100)  # a bad tau fails here, before any training
+    probe = config_for(100)  # a bad tau fails here, before any training
+    temperature = (
+        {"channel_tau": probe.pattern.tau}
+        if target.channels
+        else {"tau": probe.tau, "relative_tau": probe.relative_tau, "settle": probe.settle}
+    )
 
     def settings(description: str) -> TrainSettings:
         return TrainSettings(epochs=epochs, seed=seed, progress=progress, description=description)
@@ -179,7 +185,7 @@ def run_comparison(
         seed=seed,
         sparsity=target.sparsity,
         pattern="channel" if target.channels else str(target.pattern),
-        tau=tau,
+        temperature=temperature,
         dense_accuracy=evaluate(dense, data.x_test, data.y_test),
         pruned_accuracy=evaluate(pruned, data.x_test, data.y_test),
         dense_params=sum(p.numel() for p in dense.parameters()),

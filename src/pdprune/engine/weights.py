@@ -1,8 +1,8 @@
 """Weight pruners: unstructured and N:M plug their targets, budgets and hardening into the engine.
 
-    pruner = pdprune.prepare(model, config)   # attach soft masks (no-op until warm-up ends)
-    ... loss.backward(); optimizer.step(); pruner.step()
-    report = pruner.finalize()                # harden, fold masks into weights, detach
+pruner = pdprune.prepare(model, config)   # attach soft masks (no-op until warm-up ends)
+... loss.backward(); optimizer.step(); pruner.step()
+report = pruner.finalize()                # harden, fold masks into weights, detach
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count
 from pdprune.patterns.specs import reduction_dim, reduction_group_size
 from pdprune.patterns.weights import WeightHook, WeightTarget, default_filter, select_weights
 from pdprune.report import LayerReport, PruneReport
+from pdprune.schedule import settle_fraction
 
 __all__ = ["NMPruner", "UnstructuredPruner", "WeightPruner"]
 
@@ -36,7 +37,10 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
         )
         for target in targets:
             override = config.override_for(target.users[0][0])
-            target.tau = override.tau if override and override.tau is not None else config.tau
+            if override is not None and (override.tau is not None or override.relative_tau is not None):
+                target.tau, target.relative_tau = override.tau, override.relative_tau
+            else:
+                target.tau, target.relative_tau = config.tau, config.relative_tau
             target.fixed = override.sparsity if override else None
         self._shape_targets(targets, config)
         self._warmup_steps = config.schedule.warmup_steps
@@ -77,6 +81,7 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
                     target_sparsity=budgets[name],
                     achieved_sparsity=1.0 - kept / weight.numel(),
                     note=target.note,
+                    gain=self.config.method.gain_at_cut(target, self.state[name]),
                 )
             )
         total = sum(layer.params for layer in layers)
@@ -109,6 +114,11 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
             return
         target.sparsity, target.progress = budget * progress, progress
         target.steps_pruning = self.step_count - self._warmup_steps
+        schedule, settle = self.config.schedule, self.config.settle
+        if settle is not None:
+            ramp_end = schedule.warmup_steps + schedule.ramp_steps
+            hardened = settle_fraction(self.step_count, ramp_end, schedule.total_steps, settle)
+            target.temperature_scale = 1.0 - hardened
 
     def _in_force(self) -> bool:
         return any(not t.unpruned_now() for t in self.targets.values())

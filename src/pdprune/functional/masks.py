@@ -27,6 +27,7 @@ __all__ = [
     "masked_backward_eager",
     "masked_forward_eager",
     "midpoint_threshold",
+    "relative_temperature",
     "soft_mask",
     "soft_masked_weight",
     "threshold_by_counts",
@@ -66,6 +67,24 @@ def check_tau(tau: float, what: str = "tau") -> float:
             f"of squared weights (1e-4 is the usual value); small values give a harder mask."
         )
     return value
+
+
+# The smallest mean squared weight a relative temperature scales (an all-zero layer): its mask
+# is then sharp, and no division meets 0.
+_MIN_MEAN_SQUARE = 1e-30
+
+
+def relative_temperature(weight: torch.Tensor, relative_tau: float) -> torch.Tensor:
+    """tau = ``relative_tau`` * mean(w^2), as a 0-d float32 tensor on the weight's device (no sync).
+
+    Measured once, when pruning starts, it puts every layer's temperature in units of its own
+    weights' scale: m = sigmoid((w^2 - t^2) / tau) then depends on w only through w / rms(w), so
+    layers of large and small weights get the same mask shape and the same gradient gain at the
+    cut (t^2 / (2 tau), which grows with the sparsity as in the paper, where tau is fixed).
+    """
+    w = weight.detach().float()
+    square = (w * w).mean().clamp(min=_MIN_MEAN_SQUARE, max=torch.finfo(torch.float32).max)
+    return (square * relative_tau).clamp(max=torch.finfo(torch.float32).max)
 
 
 def check_finite(weight: torch.Tensor, name: str = "weight") -> None:
@@ -260,31 +279,43 @@ def soft_mask(weight: torch.Tensor, threshold: torch.Tensor | float, tau: float)
 
 
 def soft_masked_weight(
-    weight: torch.Tensor, threshold: torch.Tensor | float, tau: float, kernels: MaskKernels | None = None
+    weight: torch.Tensor,
+    threshold: torch.Tensor | float,
+    tau: float | torch.Tensor,
+    kernels: MaskKernels | None = None,
 ) -> torch.Tensor:
     """The weight a PDP layer computes with: m(w) * w, in the weight's dtype.
 
     Its gradient with respect to w is m * (1 + 2 w^2 (1 - m) / tau), which boosts weights near
     the threshold so they can cross it. Computed by :class:`SoftMaskedWeight`: the same values as
     ``soft_mask(w, t, tau) * w``, but it keeps only w and t for backward (the mask is recomputed
-    there), so PDP's extra memory is the masked weight alone. ``kernels`` chooses how the
-    elementwise work runs (:data:`EAGER_KERNELS` by default; :mod:`pdprune.kernels` has fused ones).
+    there), so PDP's extra memory is the masked weight alone. ``tau`` is a number or a 0-d tensor
+    (a temperature computed on the device, see :func:`relative_temperature`). ``kernels`` chooses
+    how the elementwise work runs (:data:`EAGER_KERNELS` by default; :mod:`pdprune.kernels` has
+    fused ones).
     """
     t = torch.as_tensor(threshold, dtype=torch.float32, device=weight.device).detach()
-    return (kernels or EAGER_KERNELS).function.apply(weight, t, float(tau))
+    if isinstance(tau, torch.Tensor):
+        tau = tau.detach().to(device=weight.device, dtype=torch.float32)
+    else:
+        tau = float(tau)
+    return (kernels or EAGER_KERNELS).function.apply(weight, t, tau)
 
 
-def _logits(weight32: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
+def _logits(weight32: torch.Tensor, t: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
     # (w^2 - t^2) / tau as one fused multiply-add. The constant is clamped to the float32 range so
     # that overflowing squares (|w| or t above ~1e19) give -inf + finite or inf + finite, never
     # inf - inf: a weight far above the threshold still reads inf (kept), one far below -3e38 (cut).
     offset = (-(t * t) / tau).clamp(min=-torch.finfo(torch.float32).max)
-    logit = torch.addcmul(offset, weight32, weight32, value=1.0 / tau)
+    if isinstance(tau, torch.Tensor):  # a temperature on the device: one more pass, no sync
+        logit = torch.mul(weight32, weight32).mul_(1.0 / tau).add_(offset)
+    else:
+        logit = torch.addcmul(offset, weight32, weight32, value=1.0 / tau)
     # Exactly 0 below LOGIT_FLOOR (sigmoid(-inf) = 0): no denormal weights reach the matmuls.
     return torch.nn.functional.threshold_(logit, LOGIT_FLOOR, -float("inf"))
 
 
-def masked_forward_eager(weight: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
+def masked_forward_eager(weight: torch.Tensor, t: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
     """m(w) * w in the weight's dtype: one fused multiply-add, then in-place ops (4 passes over w)."""
     weight32 = weight.float()
     mask = _logits(weight32, t, tau).sigmoid_()
@@ -292,7 +323,7 @@ def masked_forward_eager(weight: torch.Tensor, t: torch.Tensor, tau: float) -> t
 
 
 def masked_backward_eager(
-    weight: torch.Tensor, t: torch.Tensor, tau: float, grad: torch.Tensor
+    weight: torch.Tensor, t: torch.Tensor, tau: float | torch.Tensor, grad: torch.Tensor
 ) -> torch.Tensor:
     """d(m w)/dw times ``grad``, with m recomputed from w and t (6 passes over w)."""
     weight32 = weight.float()
@@ -300,7 +331,10 @@ def masked_backward_eager(
     # d(m w)/dw = m + (2 / tau) * m (1 - m) * w * w. m (1 - m) w is at most |w| / 4 and is 0
     # wherever m saturates, so the product below never meets 0 * inf.
     slope = torch.addcmul(mask, mask, mask, value=-1.0).mul_(weight32)
-    factor = mask.addcmul_(slope, weight32, value=2.0 / tau)
+    if isinstance(tau, torch.Tensor):
+        factor = mask.add_(slope.mul_(weight32).mul_(2.0 / tau))
+    else:
+        factor = mask.addcmul_(slope, weight32, value=2.0 / tau)
     return factor.mul_(grad.float()).to(weight.dtype)
 
 
@@ -318,7 +352,7 @@ class SoftMaskedWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
+    def forward(ctx: Any, weight: torch.Tensor, t: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(weight, t)
         ctx.tau = tau
         return masked_forward_eager(weight, t, tau)

@@ -55,6 +55,11 @@ class Method:
         """The tensor the layer computes with in place of ``weight`` (differentiable)."""
         raise NotImplementedError(f"{type(self).__name__} does not prune weights")
 
+    def gain_at_cut(self, target: WeightTarget, state: Any) -> float | None:
+        """How much the mask amplifies the gradient of a weight at the cut in the last step in
+        force, for the report; None for rules without a soft mask."""
+        return None
+
     def final_weight_mask(
         self, weight: torch.Tensor, target: WeightTarget, state: Any, sparsity: float
     ) -> torch.Tensor:

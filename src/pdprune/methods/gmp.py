@@ -29,27 +29,38 @@ class MagnitudeState:
 
     mask: torch.Tensor | None = None
     sparsity: float = 0.0
+    refreshed: int = -1  # the last ramp interval (of ``GMP.refreshes``) whose mask was computed
 
 
 @dataclass(frozen=True)
 class GMP(Method):
-    """Gradual magnitude pruning: a hard magnitude mask recomputed every ``refresh_every`` steps
-    while the sparsity ramps (use ``Schedule(shape="cubic")`` for Zhu & Gupta's schedule), then at
-    the budget once the ramp ends, and fixed from then on."""
+    """Gradual magnitude pruning: a hard magnitude mask recomputed while the sparsity ramps (use
+    ``Schedule(shape="cubic")`` for Zhu & Gupta's schedule), then at the budget once the ramp ends,
+    and fixed from then on.
 
-    refresh_every: int = 100
+    Args:
+        refreshes: how many times the mask is recomputed over the ramp, evenly spaced in time
+            (every step when the ramp is shorter), so the sparsity in force follows the schedule
+            whatever the run's length. A short fine-tune with a fixed interval would instead lag
+            behind the schedule and jump to the budget at the end.
+        refresh_every: recompute every this many steps instead (Zhu & Gupta's Δt).
+    """
+
+    refreshes: int = 100
+    refresh_every: int | None = None
     name: ClassVar[str] = "gmp"
     patterns: ClassVar[frozenset[type]] = frozenset(
         {Unstructured}
     )  # its ramp is a sparsity ramp, which N:M has not
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.refresh_every, bool)
-            or not isinstance(self.refresh_every, int)
-            or self.refresh_every < 1
-        ):
-            raise ValueError(f"refresh_every must be a positive int (steps), got {self.refresh_every!r}")
+        for field_name in ("refreshes", "refresh_every"):
+            value = getattr(self, field_name)
+            if field_name == "refresh_every" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                unit = "refreshes over the ramp" if field_name == "refreshes" else "steps"
+                raise ValueError(f"{field_name} must be a positive int ({unit}), got {value!r}")
 
     def new_state(self, target: Any) -> MagnitudeState:
         return MagnitudeState()
@@ -58,12 +69,20 @@ class GMP(Method):
         mask = _stored_mask(state)
         return weight if mask is None else weight * mask.to(weight.dtype)
 
+    def _interval(self, target: WeightTarget) -> int:
+        """Which of the ramp's ``refreshes`` intervals the run is in now."""
+        return min(self.refreshes, int(target.progress * self.refreshes))
+
     def _due(self, target: WeightTarget, state: MagnitudeState) -> bool:
         if state.mask is None:
             return True
         if state.sparsity == target.sparsity:
             return False
-        return target.progress >= 1.0 or target.steps_pruning % self.refresh_every == 0
+        if target.progress >= 1.0:
+            return True
+        if self.refresh_every is not None:
+            return target.steps_pruning % self.refresh_every == 0
+        return self._interval(target) > state.refreshed
 
     def after_step(self, target: WeightTarget, state: MagnitudeState) -> None:
         if target.sparsity == 0.0:
@@ -72,6 +91,7 @@ class GMP(Method):
         if self._due(target, state):
             state.mask = target.hard_mask(weight, target.sparsity)  # checks for NaN itself
             state.sparsity = target.sparsity
+            state.refreshed = self._interval(target)
         elif not bool(torch.isfinite(weight.abs().max())):
             check_finite(weight, target.name)
         assert state.mask is not None
@@ -86,7 +106,9 @@ class GMP(Method):
         return target.hard_mask(weight, sparsity)
 
     def state_dict(self, state: MagnitudeState) -> dict[str, Any]:
-        return {} if state.mask is None else {"mask": pack_mask(state.mask), "sparsity": state.sparsity}
+        if state.mask is None:
+            return {}
+        return {"mask": pack_mask(state.mask), "sparsity": state.sparsity, "refreshed": state.refreshed}
 
     def load_state_dict(self, target: Any, saved: dict[str, Any]) -> MagnitudeState:
         if "mask" not in saved:
@@ -97,7 +119,11 @@ class GMP(Method):
                 f"the checkpoint's mask for {target.name} has shape {tuple(mask.shape)}, "
                 f"the weight {tuple(target.parameter.shape)}"
             )
-        return MagnitudeState(mask, float(saved["sparsity"]))
+        try:
+            refreshed = int(saved.get("refreshed", -1))
+        except (TypeError, ValueError):
+            raise ValueError(f"the checkpoint's GMP state for {target.name} is malformed") from None
+        return MagnitudeState(mask, float(saved["sparsity"]), refreshed)
 
 
 @dataclass(frozen=True)

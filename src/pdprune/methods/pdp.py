@@ -22,6 +22,7 @@ from pdprune.functional import (
     check_finite,
     keep_count,
     midpoint_threshold,
+    relative_temperature,
     soft_masked_weight,
     threshold_by_counts,
 )
@@ -40,6 +41,7 @@ class PDPWeightState:
     exactly selected t with the counters of how often it was reused."""
 
     cached: tuple[tuple[Any, ...], torch.Tensor] | None = None
+    relative_temperature: torch.Tensor | None = None  # relative_tau's tau, fixed when pruning starts
     hint: float | None = None  # a search hint only: results never depend on it
     reusable: torch.Tensor | None = None  # the last exact t, reused while its kept count is within tolerance
     elasticity: float = 0.4  # relative change of the kept fraction per relative change of t
@@ -68,8 +70,9 @@ class PDPChannelState:
 class PDP(Method):
     """Parameter-free Differentiable Pruning, for unstructured, N:M and channel pruning.
 
-    The temperature is a setting of the config (``tau`` for weights, ``Channels(tau=...)`` for
-    channels), as it depends on the layers' scale rather than on the rule.
+    The temperature is a setting of the config (``relative_tau`` or ``tau``, and ``settle``, for
+    weights; ``Channels(tau=..., settle=...)`` for channels), as it depends on the layers' scale
+    rather than on the rule.
 
     Args:
         threshold_tolerance: a tensor's t is reused from an earlier step while the number of
@@ -126,9 +129,46 @@ class PDP(Method):
 
     # ----------------------------------------------------------- weights
     def mask_weight(self, weight: torch.Tensor, target: WeightTarget, state: PDPWeightState) -> torch.Tensor:
-        return soft_masked_weight(
-            weight, self.threshold(weight, target, state), target.tau, kernels_for(weight, self.kernels)
-        )
+        t = self.threshold(weight, target, state)
+        tau = self._temperature_now(target, state)
+        if tau is None:
+            # Settled: the exact 0/1 mask of the sparsity in force, so hardening changes nothing;
+            # kept weights get their plain gradient.
+            return weight * (weight.detach().abs().float() > t).to(weight.dtype)
+        return soft_masked_weight(weight, t, tau, kernels_for(weight, self.kernels))
+
+    # Outside torch.compile graphs, like the threshold: the settling scale changes at every step
+    # and would otherwise recompile the graph each time; as a tensor it is a graph input instead.
+    @torch.compiler.disable
+    def _temperature_now(self, target: WeightTarget, state: PDPWeightState) -> torch.Tensor | float | None:
+        """tau in force this step (shrunk while the masks settle), or None once they have settled."""
+        scale = target.temperature_scale
+        if scale <= 0.0:
+            return None
+        tau = self.temperature(target, state)
+        if scale >= 1.0:
+            return tau
+        return torch.as_tensor(tau, dtype=torch.float32, device=target.parameter.device) * scale
+
+    @staticmethod
+    @torch.compiler.disable
+    def temperature(target: WeightTarget, state: PDPWeightState) -> torch.Tensor | float:
+        """The target's tau before settling: its fixed ``tau``, or ``relative_tau`` times its mean
+        squared weight, measured the first time a mask is in force and kept from then on."""
+        if target.tau is not None:
+            return target.tau
+        if state.relative_temperature is None:
+            assert target.relative_tau is not None
+            state.relative_temperature = relative_temperature(target.parameter, target.relative_tau)
+        return state.relative_temperature
+
+    def gain_at_cut(self, target: WeightTarget, state: PDPWeightState) -> float | None:
+        """t^2 / (2 tau) at the last threshold in force (before settling): how much PDP's gradient
+        amplifies a weight at the cut, where m = 1/2. None before any mask was in force."""
+        if state.cached is None:
+            return None
+        squared = float((state.cached[1].detach().float() ** 2).mean())
+        return squared / (2.0 * float(self.temperature(target, state)))
 
     # Under torch.compile the threshold runs eagerly (a graph break): its cache and the search hint
     # are Python state, which would otherwise recompile the graph at every step.
@@ -221,19 +261,31 @@ class PDP(Method):
         return {"name": self.name, "threshold_tolerance": self.threshold_tolerance}
 
     def state_dict(self, state: Any) -> dict[str, Any]:
-        # A reused t (and the slope its search starts from) decides the next steps' masks, so a
-        # resumed run needs them to match the uninterrupted one.
+        # A reused t (and the slope its search starts from) decides the next steps' masks, and a
+        # relative temperature was measured on weights that have moved since: a resumed run needs
+        # both to match the uninterrupted one.
+        saved: dict[str, Any] = {}
         if isinstance(state, PDPWeightState) and state.reusable is not None:
-            return {"reusable_threshold": float(state.reusable), "elasticity": state.elasticity}
-        return {}
+            saved |= {"reusable_threshold": float(state.reusable), "elasticity": state.elasticity}
+        if isinstance(state, PDPWeightState) and state.relative_temperature is not None:
+            saved["relative_temperature"] = float(state.relative_temperature)
+        return saved
 
     def load_state_dict(self, target: Any, saved: dict[str, Any]) -> Any:
         state = self.new_state(target)
-        if isinstance(state, PDPWeightState) and "reusable_threshold" in saved:
-            try:
+        if not isinstance(state, PDPWeightState):
+            return state
+        device = target.parameter.device
+        try:
+            if "reusable_threshold" in saved:
                 t, elasticity = float(saved["reusable_threshold"]), float(saved["elasticity"])
-            except (KeyError, TypeError, ValueError):
-                raise ValueError(f"the checkpoint's PDP state for {target.name} is malformed") from None
-            state.reusable = torch.tensor(t, dtype=torch.float32, device=target.parameter.device)
-            state.elasticity = elasticity
+                state.reusable = torch.tensor(t, dtype=torch.float32, device=device)
+                state.elasticity = elasticity
+            if "relative_temperature" in saved:
+                tau = float(saved["relative_temperature"])
+                if not (tau > 0.0 and tau != float("inf")):
+                    raise ValueError
+                state.relative_temperature = torch.tensor(tau, dtype=torch.float32, device=device)
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"the checkpoint's PDP state for {target.name} is malformed") from None
         return state

@@ -47,7 +47,9 @@ class WeightTarget:
 
     name: str
     users: list[tuple[str, nn.Module]] = field(default_factory=list)
-    tau: float = 1e-4
+    tau: float | None = None  # absolute temperature (squared-weight units), or None: relative_tau
+    relative_tau: float | None = 0.1  # a fraction of the mean squared weight when pruning starts
+    temperature_scale: float = 1.0  # shrinks to 0 while the masks settle after the ramp
     nm: NM | None = None  # N:M along weight dimension ``dim``, or None for unstructured
     dim: int = 1
     fixed: float | None = None  # a sparsity the config fixes for this tensor (override, dense N:M layer)
