@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pdprune
 from benchmarks.harness.provenance import RESULTS, provenance
 from pdprune.demo import run_comparison
 from pdprune.io import atomic_write_json, atomic_write_text, ensure_writable_folder
@@ -63,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         **provenance("benchmarks.fashion_mnist_unstructured", argv),
         "machine": machine_info(),
         "model": "SmallCNN (pdprune.demo), width 32",
-        "setup": "full Fashion-MNIST 60k/10k; Adam lr 2e-3 cosine, batch 64; PDP tau 1e-4, global budgets, "
-        "warm-up 10%, linear ramp 50%; dense and pruned twins share init and data order per seed",
+        "setup": "full Fashion-MNIST 60k/10k; Adam lr 2e-3 cosine, batch 64; PDP with the library's "
+        f"default temperature (relative_tau {pdprune.DEFAULT_RELATIVE_TAU:g}, settle "
+        f"{pdprune.DEFAULT_WEIGHT_SETTLE:g}), global budgets, warm-up 10%, linear ramp 50%; dense "
+        "and pruned twins share init and data order per seed",
         "epochs": args.epochs,
         "seeds": args.seeds,
         "sparsity": args.sparsity,

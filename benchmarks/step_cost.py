@@ -130,8 +130,10 @@ def measure(
                 "pdp-tol": pdprune.PDP(threshold_tolerance=1e-2),
                 "pdp-eager": pdprune.PDP(kernels="eager"),
             }[label]
+            # settle=None: the soft-masked step is what PDP costs while it learns its masks; once
+            # the masks have settled to 0/1 a step multiplies by a hard mask, like GMP's.
             pruner = pdprune.prepare(
-                model, pdprune.PruneConfig(sparsity=0.9, schedule=schedule, method=method)
+                model, pdprune.PruneConfig(sparsity=0.9, schedule=schedule, method=method, settle=None)
             )
         # Compiled after prepare(), and with hook guards on: by default dynamo does not guard on
         # module hooks, so the three same-class models would share the first one's graph.
