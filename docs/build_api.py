@@ -44,11 +44,13 @@ SECTIONS = [
             "export.save_sparse",
             "export.load_sparse",
             "export.save_dense",
+            "export.load_dense",
             "export.sparse_size_report",
             "export.save_shrunk",
             "export.load_shrunk",
             "export.save_onnx",
             "export.accelerate_2to4",
+            "CheckpointError",
         ],
     ),
 ]

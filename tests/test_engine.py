@@ -16,6 +16,7 @@ from torch import nn
 
 import pdprune
 from pdprune.baselines import GMP, L1Channel, OneShot
+from pdprune.engine.base import _state_digest
 from tests.helpers import batch, config, mlp, train_steps
 
 
@@ -109,7 +110,7 @@ def test_no_import_cycles_and_layers_import_only_from_below():
 
     root = Path(pdprune.__file__).parent
     layers = [
-        ("io", "machine", "functional", "kernels", "schedule", "patterns.specs"),
+        ("io", "errors", "integrity", "machine", "functional", "kernels", "schedule", "patterns.specs"),
         ("channel", "report"),
         ("patterns",),
         ("methods", "baselines"),
@@ -349,21 +350,42 @@ def _saved_midway(method=None):
         (lambda s: s["budgets"].update({"0.weight": float("nan")}), "not a valid number"),
         (lambda s: s["method_state"].pop("0.weight"), "method state"),
         (lambda s: s.update(kind="channel"), "weights pruner checkpoint"),
-        (lambda s: s.update(format=1), "format 2"),
+        (lambda s: s.update(format=1), "format 3"),
     ],
 )
-def test_a_tampered_checkpoint_is_refused_with_the_reason_and_changes_nothing(tamper, match):
+@pytest.mark.parametrize("resealed", [True, False])
+def test_a_tampered_checkpoint_is_refused_with_the_reason_and_changes_nothing(tamper, match, resealed):
     state = _saved_midway()
     tamper(state)
+    if resealed:  # a deliberate edit that recomputes the checksum meets the field checks
+        state = _reseal(state)
+    elif state.get("format") == 3:
+        match = "checksum does not match"
     pruner = pdprune.prepare(mlp(), config(total=30, warmup=0, ramp=10))
     with pytest.raises(ValueError, match=match):
         pruner.load_state_dict(state)
     assert pruner.step_count == 0
 
 
+def _reseal(state):
+    body = {k: v for k, v in state.items() if k != "checksum"}
+    return {**body, "checksum": _state_digest(body)}
+
+
+def test_a_state_of_the_format_before_checksums_still_resumes_with_a_warning():
+    state = _saved_midway()
+    state.pop("checksum")
+    state["format"] = 2
+    pruner = pdprune.prepare(mlp(), config(total=30, warmup=0, ramp=10))
+    with pytest.warns(UserWarning, match="without a checksum"):
+        pruner.load_state_dict(state)
+    assert pruner.step_count == 5
+
+
 def test_a_tampered_gmp_mask_is_refused():
     state = _saved_midway(GMP(refresh_every=2))
     state["method_state"]["0.weight"]["mask"]["bits"] = "not base64!"
+    state = _reseal(state)
     pruner = pdprune.prepare(mlp(), config(total=30, warmup=0, ramp=10, method=GMP(refresh_every=2)))
     with pytest.raises(ValueError, match=r"mask for 0\.weight is malformed"):
         pruner.load_state_dict(state)

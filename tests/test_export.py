@@ -87,9 +87,9 @@ def test_tied_weights_are_stored_once_and_stay_tied(tmp_path):
 
     with safe_open(str(tmp_path / "t.safetensors"), framework="pt") as f:
         stored = set(f.keys())
-        assert "head.weight::values" not in stored and json.loads(f.metadata()["tensors"])["head.weight"] == {
-            "alias": "embed.weight"
-        }
+        assert "head.weight::values" not in stored and json.loads(f.metadata()["pdprune"])["tensors"][
+            "head.weight"
+        ] == {"alias": "embed.weight"}
 
 
 def test_nm_models_round_trip(tmp_path):
@@ -110,7 +110,7 @@ def test_other_files_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match="not a pdprune sparse checkpoint"):
         load_sparse(tmp_path / "plain.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a safetensors file"):
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
         load_sparse(tmp_path / "junk.safetensors")
     with pytest.raises(FileNotFoundError):
         load_sparse(tmp_path / "absent.safetensors")
@@ -148,6 +148,24 @@ def test_onnx_of_a_shrunk_model_matches_pytorch(tmp_path):
     got = session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]
     model.eval()
     assert float((torch.from_numpy(got) - model(batch).detach()).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("embedded", [True, False])
+def test_onnx_files_are_whole_and_leave_nothing_beside_them(tmp_path, monkeypatch, embedded):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    import pdprune.export.onnx as onnx_export
+
+    if not embedded:  # as a model past protobuf's 2 GiB would be: weights in NAME.onnx.data
+        monkeypatch.setattr(onnx_export, "EMBEDDED_LIMIT", 0)
+    model, x = mlp(), torch.randn(3, 16)
+    onnx_export.save_onnx(model, tmp_path / "m.onnx", x)
+    expected = ["m.onnx"] if embedded else ["m.onnx", "m.onnx.data"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert float((torch.from_numpy(got) - model(x).detach()).abs().max()) < 1e-5
 
 
 def test_multiply_pruned_weights_with_negative_zeros_still_compress(tmp_path):

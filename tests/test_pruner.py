@@ -267,7 +267,7 @@ def test_checkpoint_of_other_model_or_config_is_rejected():
         pdprune.prepare(other_model, config()).load_state_dict(state)
     with pytest.raises(ValueError, match=r"different model or config.*config differs in sparsity"):
         pdprune.prepare(mlp(), config(sparsity=0.8)).load_state_dict(state)
-    with pytest.raises(ValueError, match="not a pdprune weights pruner checkpoint of format 2"):
+    with pytest.raises(ValueError, match="not a pdprune weights pruner checkpoint of format 3"):
         pdprune.prepare(mlp(), config()).load_state_dict({"step": 3})
 
 

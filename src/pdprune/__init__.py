@@ -25,6 +25,7 @@ from pdprune.config import (
 from pdprune.engine.base import Pruner
 from pdprune.engine.channel import ChannelPruner
 from pdprune.engine.weights import NMPruner, UnstructuredPruner, WeightPruner
+from pdprune.errors import CheckpointError
 from pdprune.export import accelerate_2to4, load_shrunk, save_shrunk
 from pdprune.methods import PDP, Method
 from pdprune.patterns import NM, ChannelGroupSpec, Channels, Unstructured
@@ -46,6 +47,7 @@ __all__ = [
     "ChannelPruner",
     "ChannelReport",
     "Channels",
+    "CheckpointError",
     "LayerOverride",
     "LayerReport",
     "Method",

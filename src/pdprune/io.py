@@ -1,28 +1,108 @@
-"""Atomic file writes: a reader never sees a half-written report or checkpoint."""
+"""Atomic writes of files and folders: a reader never sees a half-written report or checkpoint,
+and what a killed writer left behind is cleaned by the next write to the same place.
+
+Temporary names carry the writer's process id (``.NAME.pdprune-PID-RANDOM.tmp``, a folder), so a
+later write removes only the leftovers of processes that no longer run.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "atomic_folder",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "ensure_writable_folder",
+    "readable_folder",
 ]
 
+_TEMP = re.compile(
+    r"\.(?P<name>.+)\.pdprune-(?:(?P<kind>new|ready|old|trash)-)?(?P<pid>\d+)-[0-9a-f]+(?:\.tmp)?"
+)
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+
+def _temp_name(target: Path, kind: str | None = None) -> Path:
+    tag = f"{kind}-" if kind else ""
+    suffix = "" if kind else ".tmp"
+    return target.parent / f".{target.name}.pdprune-{tag}{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+
+
+def _leftovers(target: Path, kind: str | None, dead_only: bool = True) -> list[Path]:
+    """Temporary files (``kind`` None) or folders of ``target``, by default only those left by
+    writers that no longer run."""
+    found = []
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        match = _TEMP.fullmatch(entry.name)
+        if match is None or match["name"] != target.name or match["kind"] != kind:
+            continue
+        if (kind is None) != entry.name.endswith(".tmp"):
+            continue  # a folder swap's new/ready/old folders never end in .tmp; a file write's always
+        if not dead_only or not _process_alive(int(match["pid"])):
+            found.append(entry)
+    return sorted(found)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove(path: Path, target: Path | None = None) -> None:
+    """Delete a leftover; a folder is first renamed to a trash name, so a delete cut short never
+    leaves a partial folder under a name a reader would trust."""
+    if path.is_dir() and not path.is_symlink():
+        if target is not None and not path.name.startswith(f".{target.name}.pdprune-trash-"):
+            trash = _temp_name(target, "trash")
+            os.rename(path, trash)
+            path = trash
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not every platform opens folders
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[Path], None], companions: bool = False
+) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     The rename is atomic on POSIX and Windows, so ``path`` holds either the old or the new
     content, never a mix; on any error the temporary file is removed and ``path`` is untouched.
+    With ``companions``, files ``write`` creates beside the temporary one (an ONNX model's external
+    weights, named after ``path``) are moved beside ``path`` first, each atomically.
     """
     target = Path(path)
     if target.parent.exists() and not target.parent.is_dir():
@@ -30,20 +110,125 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     if target.is_dir():
         raise IsADirectoryError(f"cannot write {target}: it is a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    for stale in _leftovers(target, None):
+        _remove(stale)
+    # A private folder holds the temporary file, and whatever the writer creates beside it
+    # (safetensors stages its own temporary file there), so a killed write leaves one named leftover.
+    scratch = _temp_name(target)
+    scratch.mkdir()
+    tmp = scratch / target.name
     try:
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        # mkstemp creates the file 0600; give it the mode a plain open() would have.
         os.chmod(tmp, _existing_mode(target) or (0o666 & ~_umask()))
+        if companions:
+            for extra in scratch.iterdir():
+                if extra != tmp and extra.is_file():
+                    os.replace(extra, target.parent / extra.name)
         os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _fsync_folder(target.parent)
     return target
+
+
+def atomic_folder(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(staging)`` on a new folder beside ``path``, then swap it in for ``path``.
+
+    Files already in ``path`` that ``write`` did not write are carried over (hard links where the
+    file system allows, else copies), so nothing else a user keeps there is lost. A kill at any
+    point leaves a folder that :func:`readable_folder` finds whole: the old one or the new one.
+    The next write cleans what a killed one left behind.
+    """
+    target = Path(os.path.abspath(path))
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"cannot write the folder {target}: a file of that name exists")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _recover_folder(target)
+    for kind in ("new", "ready", "old", "trash"):
+        for stale in _leftovers(target, kind):
+            _remove(stale, target)
+    staging = _temp_name(target, "new")
+    staging.mkdir()
+    try:
+        write(staging)
+        if target.is_dir():
+            _carry_over(target, staging)
+        for entry in staging.rglob("*"):
+            if entry.is_file() and not entry.is_symlink():
+                with open(entry, "rb") as handle:
+                    os.fsync(handle.fileno())
+        _fsync_folder(staging)
+        ready = _temp_name(target, "ready")
+        os.rename(staging, ready)  # from here on the new folder is known to be whole
+        staging = ready
+    except BaseException:
+        _remove(staging, target)
+        raise
+    cwd = _cwd_inside(target)
+    old = _temp_name(target, "old")
+    if target.exists():
+        os.rename(target, old)
+    os.rename(ready, target)
+    _fsync_folder(target.parent)
+    _remove(old, target)
+    if cwd is not None:
+        os.chdir(cwd)  # the process stood in the folder that was swapped out
+    return target
+
+
+def readable_folder(path: str | os.PathLike[str]) -> Path:
+    """``path``, or, if a save was killed while swapping folders, the whole folder it left beside
+    ``path`` (the new one if it was complete, else the old one). Read-only: renames nothing."""
+    target = Path(os.path.abspath(path))
+    if target.exists():
+        return target
+    for kind in ("ready", "old"):  # a ready folder is whole by construction; an old one was whole
+        found = _leftovers(target, kind, dead_only=False)
+        if found:
+            return found[-1]
+    return target
+
+
+def _recover_folder(target: Path) -> None:
+    if target.exists():
+        return
+    for kind in ("ready", "old"):
+        found = _leftovers(target, kind)
+        if found:
+            os.rename(found[-1], target)
+            return
+
+
+def _carry_over(source: Path, destination: Path) -> None:
+    for entry in source.iterdir():
+        into = destination / entry.name
+        if into.exists() or into.is_symlink():
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), into)
+        elif entry.is_dir():
+            shutil.copytree(entry, into, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, into)
+
+
+def _link_or_copy(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _cwd_inside(folder: Path) -> str | None:
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return None
+    return cwd if Path(cwd) == folder or folder in Path(cwd).parents else None
 
 
 def _umask() -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["build_inputs", "input_spec"]
+__all__ = ["build_inputs", "input_spec", "one_batch"]
 
 
 def input_spec(value: Any) -> Any:
@@ -36,3 +36,32 @@ def build_inputs(spec: Any) -> Any:
     if "dict" in spec:
         return {k: build_inputs(v) for k, v in spec["dict"].items()}
     return tuple(build_inputs(v) for v in spec["list"])
+
+
+def one_batch(spec: Any) -> Any:
+    """The spec with the batch dimension cut to 1, when every tensor in it has the same first size
+    (the usual batch): a plan stores one example, not a whole batch, to stay small."""
+    shapes: list[list[int]] = []
+
+    def collect(node: Any) -> None:
+        if "tensor" in node:
+            shapes.append(node["tensor"])
+        for child in node.get("list", []):
+            collect(child)
+        for child in node.get("dict", {}).values():
+            collect(child)
+
+    collect(spec)
+    if not shapes or any(not shape for shape in shapes) or len({shape[0] for shape in shapes}) != 1:
+        return spec
+
+    def cut(node: Any) -> Any:
+        if "tensor" in node:
+            return {**node, "tensor": [1, *node["tensor"][1:]]}
+        if "list" in node:
+            return {"list": [cut(child) for child in node["list"]]}
+        if "dict" in node:
+            return {"dict": {key: cut(child) for key, child in node["dict"].items()}}
+        return node
+
+    return cut(spec)

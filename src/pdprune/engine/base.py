@@ -18,11 +18,15 @@ import torch
 from torch import nn
 
 from pdprune.config import PruneConfig
+from pdprune.errors import CheckpointError
+from pdprune.integrity import text_digest
 
 __all__ = ["MASKS_BYPASSED", "STATE_FORMAT", "MaskInTraining", "Pruner"]
 
-#: The version of ``Pruner.state_dict()``'s layout; checkpoints of another version are refused.
-STATE_FORMAT = 2
+#: The version of ``Pruner.state_dict()``'s layout; checkpoints of another version are refused,
+#: except those of the version before, which had no checksum.
+STATE_FORMAT = 3
+_STATE_FORMAT_WITHOUT_CHECKSUM = 2
 
 MASKS_BYPASSED = (
     "masks were in force but no pruned layer ran its mask in a training forward since the last "
@@ -161,7 +165,7 @@ class Pruner(Generic[ConfigT, TargetT]):
         """The pruner's resumable state as JSON-ready values (``json.dumps`` and
         ``torch.load(weights_only=True)`` both read it): step, budgets, each method's state."""
         method = self.config.method
-        return {
+        body = {
             "format": STATE_FORMAT,
             "kind": self.kind,
             "step": self.step_count,
@@ -170,17 +174,40 @@ class Pruner(Generic[ConfigT, TargetT]):
             "fingerprint": self._fingerprint(),
             "method_state": {name: method.state_dict(self.state[name]) for name in self.targets},
         }
+        return {**body, "checksum": _state_digest(body)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state saved by :meth:`state_dict` of a pruner of the same model and config.
 
         Everything is checked before anything changes, so a refused checkpoint leaves this
-        pruner as it was.
+        pruner as it was; the refusal is a :class:`pdprune.CheckpointError` saying why.
         """
         self._require_active("load_state_dict()")
+        try:
+            self._restore(state)
+        except CheckpointError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            raise CheckpointError(None, "pruner state", str(error).strip("'\"")) from None
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if isinstance(state, dict) and state.get("format") == STATE_FORMAT:
+            body = {k: v for k, v in state.items() if k != "checksum"}
+            if state.get("checksum") != _state_digest(body):
+                raise CheckpointError(
+                    None, "pruner state", "its checksum does not match its content (corrupt or edited)",
+                    "the dict pruner.state_dict() returned, unchanged",
+                )  # fmt: skip
+        elif isinstance(state, dict) and state.get("format") == _STATE_FORMAT_WITHOUT_CHECKSUM:
+            warnings.warn(
+                "this pruner state was saved by an earlier pdprune, without a checksum: corruption cannot be "
+                "detected",
+                UserWarning,
+                stacklevel=2,
+            )
         if (
             not isinstance(state, dict)
-            or state.get("format") != STATE_FORMAT
+            or state.get("format") not in (STATE_FORMAT, _STATE_FORMAT_WITHOUT_CHECKSUM)
             or state.get("kind") != self.kind
         ):
             raise ValueError(
@@ -387,3 +414,14 @@ def _describe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
     )
     details = [f"{key} (saved {saved_config.get(key)!r}, here {current_config.get(key)!r})" for key in keys]
     return f"config differs in {', '.join(details) or 'unknown fields'}"
+
+
+def _state_digest(body: dict[str, Any]) -> str | None:
+    """SHA-256 of a pruner state's canonical JSON (NaN and infinities written as JSON extensions),
+    or None when it holds values JSON cannot write, which then never match a saved checksum."""
+    import json
+
+    try:
+        return text_digest(json.dumps(body, sort_keys=True, separators=(",", ":")))
+    except (TypeError, ValueError):
+        return None

@@ -122,9 +122,25 @@ class ChannelPruner(Pruner[ChannelConfig, ChannelTarget]):
 
     def declared_plan(self) -> dict[str, Any]:
         """The layer-by-layer removals and size attributes of attention heads and declared groups,
-        applied after :meth:`pruning_plan`'s (empty when there are none)."""
+        applied after :meth:`pruning_plan`'s (empty when there are none), and each such group's
+        sizes, against which a loader checks the attributes."""
         self._require_shrunk()
-        return {"removals": [list(r) for r in self._removals], "attributes": dict(self._attributes)}
+        groups = [
+            {
+                "name": name,
+                "units": group.channels,
+                "kept": int(self.kept[name].sum()),
+                "width": group.width,
+                "counts": dict(group.counts),
+            }
+            for name, group in self.groups.items()
+            if group.counts and int(self.kept[name].sum()) < group.channels
+        ]
+        return {
+            "removals": [list(r) for r in self._removals],
+            "attributes": dict(self._attributes),
+            "groups": groups,
+        }
 
     def masks(self) -> dict[str, torch.Tensor]:
         """Per group, the boolean units :meth:`finalize` keeps (or kept)."""

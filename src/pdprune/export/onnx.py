@@ -13,6 +13,10 @@ from pdprune.io import atomic_write
 
 __all__ = ["save_onnx"]
 
+#: Weights up to this size are stored inside the .onnx file (one file, replaced atomically); larger
+#: models keep them in ``NAME.onnx.data`` beside it, written just before the .onnx file.
+EMBEDDED_LIMIT = 3 * 2**29
+
 
 def save_onnx(
     model: nn.Module,
@@ -40,8 +44,19 @@ def save_onnx(
     try:
         dims = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
 
+        stored = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        external = stored >= EMBEDDED_LIMIT  # protobuf caps one file at 2 GiB
+
         def write(tmp: Path) -> None:
-            torch.onnx.export(model, inputs, str(tmp), dynamo=True, dynamic_shapes=dims, verbose=False)
+            torch.onnx.export(
+                model,
+                inputs,
+                str(tmp),
+                dynamo=True,
+                dynamic_shapes=dims,
+                verbose=False,
+                external_data=external,
+            )
             if check:
                 session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
                 feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), inputs)}
@@ -61,7 +76,7 @@ def save_onnx(
                     )
 
         errors: list[float] = []
-        atomic_write(path, write)
+        atomic_write(path, write, companions=external)
     finally:
         model.train(was_training)
     return errors[0] if errors else None

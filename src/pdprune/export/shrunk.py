@@ -1,13 +1,15 @@
 """A portable checkpoint of a channel-shrunk model: safetensors weights and a JSON shape plan.
 
-The plan records the removals (which channels of which layer, in order) and the example inputs'
-shapes. Loading builds the user's class from its own constructor, replays the removals and loads
-the weights: no pickle anywhere, so a checkpoint from an untrusted source cannot run code.
+The plan records the removals (which channels of which layer, in order), the size attributes of
+declared groups and the shape of one example input. Loading builds the user's class from its own
+constructor, replays the removals and loads the weights: no pickle anywhere, and the plan is
+checked as data (see :mod:`pdprune.export.plan`), so a checkpoint from an untrusted source can
+neither run code nor set arbitrary attributes. The folder is written atomically and every tensor
+and the plan carry checksums.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,14 +18,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdprune.channel.inputs import build_inputs, input_spec
+from pdprune.channel.inputs import build_inputs, input_spec, one_batch
 from pdprune.channel.replay import apply_removals
 from pdprune.channel.trace import trace
-from pdprune.io import atomic_write, atomic_write_json, ensure_writable_folder
+from pdprune.errors import CheckpointError
+from pdprune.export.container import describe, warn_unverifiable
+from pdprune.export.dense import read_dense, write_dense
+from pdprune.export.plan import (
+    MAX_EXAMPLE_ELEMENTS,
+    PLAN_FORMAT,
+    check_attributes,
+    check_module_sizes,
+    read_plan,
+    seal,
+)
+from pdprune.integrity import canonical_json
+from pdprune.io import atomic_folder, ensure_writable_folder, readable_folder
 
 __all__ = ["load_shrunk", "save_shrunk"]
 
-PLAN_FORMAT = 1
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -35,96 +48,135 @@ def _class_name(model: nn.Module) -> str:
 def save_shrunk(pruner: Any, directory: str | os.PathLike[str], example_inputs: Any = None) -> list[Path]:
     """Write ``model.safetensors`` and ``plan.json`` for the model a channel pruner has shrunk.
 
-    The plan records the example inputs the pruner traced with (their shapes and dtypes);
-    ``example_inputs``, if given, replaces them and must have the same form.
+    The plan records the form of the example inputs the pruner traced with (shapes and dtypes,
+    cut to one example); ``example_inputs``, if given, replaces them. The folder is replaced
+    atomically: a crash leaves the old or the new model, and other files in it are kept.
     """
-    from safetensors.torch import save_model
-
     if not callable(getattr(pruner, "pruning_plan", None)):
         raise TypeError(
             f"save_shrunk() takes the channel pruner that shrank the model (pattern='channel', after "
             f"finalize() and shrink()), got {type(pruner).__name__}; unstructured and N:M pruning keep the "
             f"model's shapes: save it with pdprune.export.save_sparse or save_dense"
         )
-    folder = ensure_writable_folder(directory)
+    ensure_writable_folder(directory)
     model = pruner.model
-    plan = {
-        "format": PLAN_FORMAT,
-        "kind": "pdprune shrunk model",
-        "class": _class_name(model),
-        "removals": pruner.pruning_plan(),
-        "declared": pruner.declared_plan(),
-        "example_inputs": pruner.example_spec if example_inputs is None else input_spec(example_inputs),
-        "shapes": {name: list(t.shape) for name, t in model.state_dict().items()},
-    }
-    weights = atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_model(model, str(tmp)))
-    return [weights, atomic_write_json(folder / PLAN_FILE, plan)]
+    spec = one_batch(pruner.example_spec if example_inputs is None else input_spec(example_inputs))
+    total = _elements(spec)
+    if total > MAX_EXAMPLE_ELEMENTS:
+        raise ValueError(
+            f"the example inputs hold {total} elements for one example, more than a plan stores "
+            f"({MAX_EXAMPLE_ELEMENTS}); pass smaller ones: save_shrunk(pruner, folder, example_inputs=...)"
+        )
+    removals, declared = pruner.pruning_plan(), pruner.declared_plan()
+
+    def write(folder: Path) -> None:
+        description = write_dense(model, folder / WEIGHTS_FILE)
+        plan = {
+            "format": PLAN_FORMAT,
+            "kind": "pdprune shrunk model",
+            "class": _class_name(model),
+            "removals": removals,
+            "declared": declared,
+            "example_inputs": spec,
+            "shapes": {name: list(t.shape) for name, t in model.state_dict().items()},
+            "weights": describe(description)["sha256"],
+        }
+        (folder / PLAN_FILE).write_text(canonical_json(seal(plan)) + "\n", encoding="utf-8")
+
+    folder = atomic_folder(directory, write)
+    return [folder / WEIGHTS_FILE, folder / PLAN_FILE]
+
+
+def _elements(spec: Any) -> int:
+    if "tensor" in spec:
+        count = 1
+        for size in spec["tensor"]:
+            count *= size
+        return count
+    children = spec.get("list", []) or list(spec.get("dict", {}).values())
+    return sum(_elements(child) for child in children)
 
 
 def load_shrunk(
-    directory: str | os.PathLike[str], build: Callable[..., nn.Module], *args: Any, **kwargs: Any
+    directory: str | os.PathLike[str],
+    build: Callable[..., nn.Module],
+    *args: Any,
+    verify: bool = True,
+    **kwargs: Any,
 ) -> nn.Module:
     """Rebuild a shrunk model: ``build(*args, **kwargs)`` (the class or any factory) makes the
-    dense model, the plan's removals shrink it, and the weights load into it (strictly)."""
-    from safetensors.torch import load_model
+    dense model, the plan's removals shrink it, and the weights load into it (strictly).
 
+    The plan is checked field by field and each tensor against its checksum (``verify=False``
+    skips the tensors' checksums); a bad folder raises :class:`pdprune.CheckpointError`.
+    """
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
             "load_shrunk() traces the model with autograd to replay the removals; call it outside "
             "torch.inference_mode() (torch.no_grad() is fine) and switch modes afterwards"
         )
-    folder = Path(directory)
-    plan_path = folder / PLAN_FILE
-    if not plan_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+    folder = readable_folder(directory)
+    plan_path, weights_path = folder / PLAN_FILE, folder / WEIGHTS_FILE
+    if not plan_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(
-            f"{folder} holds no shrunk model: expected {PLAN_FILE} and {WEIGHTS_FILE} (see "
+            f"{Path(directory)} holds no shrunk model: expected {PLAN_FILE} and {WEIGHTS_FILE} (see "
             "pdprune.save_shrunk)"
         )
-    try:
-        plan = json.loads(plan_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{plan_path} is not valid JSON ({error})") from None
-    if (
-        not isinstance(plan, dict)
-        or plan.get("kind") != "pdprune shrunk model"
-        or plan.get("format") != PLAN_FORMAT
-    ):
-        raise ValueError(f"{plan_path} is not a pdprune shrunk-model plan (format {PLAN_FORMAT})")
-    missing = [
-        key for key in ("class", "removals", "declared", "example_inputs", "shapes") if key not in plan
-    ]
-    if missing:
-        raise ValueError(f"{plan_path} is incomplete: it has no {', '.join(missing)}")
+    plan = read_plan(plan_path)
+    legacy = plan.weights is None
+    if legacy and verify:
+        warn_unverifiable(plan_path, "by an earlier pdprune (plan format 1)")
+    state, description = read_dense(weights_path, verify=verify and not legacy)
+    if plan.weights is not None and (description is None or describe(description)["sha256"] != plan.weights):
+        raise CheckpointError(
+            weights_path, "description", "does not belong to this plan (saved by another save_shrunk)",
+            "the weights written with plan.json",
+        )  # fmt: skip
     model = build(*args, **kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"build(...) must return an nn.Module, got {type(model).__name__}")
-    if _class_name(model) != plan["class"]:
-        raise ValueError(
-            f"this checkpoint holds a {plan['class']}, but build(...) made a {_class_name(model)}"
-        )
+    if _class_name(model) != plan.class_name:
+        raise CheckpointError(
+            plan_path, "class", f"this checkpoint holds a {plan.class_name}, but build(...) made a "
+            f"{_class_name(model)}", "the class of the model that was pruned",
+        )  # fmt: skip
     was_training = model.training
     model.eval()
     try:
-        graph = trace(model, build_inputs(plan["example_inputs"]))
-        graph.load_pruning_history([tuple(step) for step in plan["removals"]])
-        declared = plan["declared"]
-        apply_removals(dict(model.named_modules()), declared["removals"], declared["attributes"])
+        modules = dict(model.named_modules())
+        check_attributes(plan, modules)
+        graph = trace(model, build_inputs(plan.example_inputs))
+        graph.load_pruning_history([tuple(step) for step in plan.removals])
+        apply_removals(dict(model.named_modules()), plan.declared_removals, plan.attributes)  # type: ignore[arg-type]
+    except CheckpointError:
+        raise
     except Exception as error:
-        raise ValueError(
-            f"the model build(...) made does not take this checkpoint's plan ({type(error).__name__}: "
-            f"{str(error)[:160]}); "
-            f"build it with the same constructor arguments and dtype as the model that was pruned"
-        ) from None
+        raise CheckpointError(
+            plan_path, "removals", f"the model build(...) made does not take them ({type(error).__name__}: "
+            f"{str(error)[:160]})",
+            "a model built with the same constructor arguments and dtype as the one that was pruned",
+        ) from None  # fmt: skip
     finally:
         model.train(was_training)
+    check_module_sizes(plan_path, model)
     shapes = {name: list(t.shape) for name, t in model.state_dict().items()}
-    if shapes != plan["shapes"]:
-        differ = sorted(
-            n for n in set(shapes) | set(plan["shapes"]) if shapes.get(n) != plan["shapes"].get(n)
+    if shapes != plan.shapes:
+        differ = sorted(n for n in set(shapes) | set(plan.shapes) if shapes.get(n) != plan.shapes.get(n))
+        raise CheckpointError(
+            plan_path,
+            "shapes",
+            f"after the plan's removals the model's tensors differ: {', '.join(differ[:5])}",
+            "a model built with the same constructor arguments as the pruned model",
         )
-        raise ValueError(
-            f"after the plan's removals the model's tensors differ from the checkpoint's: "
-            f"{', '.join(differ[:5])}; build it with the same constructor arguments as the pruned model"
-        )
-    missing, _unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=True)
+    expected = model.state_dict()
+    for name, tensor in state.items():
+        if name not in expected or tuple(expected[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                weights_path, name, "not a tensor of the shrunk model", "the shapes in plan.json"
+            )
+    missing = [name for name in expected if name not in state]
+    if missing:
+        raise CheckpointError(weights_path, missing[0], "missing", "every tensor of the shrunk model")
+    with torch.no_grad():
+        model.load_state_dict(state, strict=True)
     return model

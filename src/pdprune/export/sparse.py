@@ -15,25 +15,35 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from pdprune.errors import CheckpointError
+from pdprune.export.container import (
+    checked_dtype,
+    checked_shape,
+    checksum_map,
+    describe,
+    numel,
+    open_checked,
+    read_description,
+    stored_layout,
+    untied_state,
+    verified_tensor,
+    warn_unverifiable,
+)
+from pdprune.integrity import tensor_digest
 from pdprune.io import atomic_write
 
-__all__ = ["load_sparse", "save_dense", "save_sparse", "sparse_size_report"]
+__all__ = ["load_sparse", "save_sparse", "sparse_size_report"]
 
-FORMAT = "pdprune-sparse-1"
-
-
-def _state(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if isinstance(model_or_state, nn.Module):
-        return dict(model_or_state.state_dict())
-    if isinstance(model_or_state, Mapping):
-        return dict(model_or_state)
-    raise TypeError(f"expected an nn.Module or a state_dict, got {type(model_or_state).__name__}")
+FORMAT = "pdprune-sparse-2"
+LEGACY_FORMAT = "pdprune-sparse-1"
 
 
 _INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -63,27 +73,10 @@ def save_sparse(
 
     if min_sparsity is not None and not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
-    state = _state(model_or_state)
+    names, state, aliases = untied_state(model_or_state)
     tensors: dict[str, torch.Tensor] = {}
-    entries: dict[str, dict[str, object]] = {}
-    seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
+    entries: dict[str, dict[str, object]] = {name: {"alias": kept} for name, kept in aliases.items()}
     for name, tensor in state.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name} is a {type(tensor).__name__}, not a tensor")
-        # Tied tensors are found on the original memory (a GPU tensor's host copy is temporary,
-        # and a later copy may reuse its address).
-        key = (
-            str(tensor.device),
-            tensor.untyped_storage().data_ptr(),
-            tensor.storage_offset(),
-            tuple(tensor.shape),
-            tuple(tensor.stride()),
-            tensor.dtype,
-        )
-        if tensor.numel() and key in seen:
-            entries[name] = {"alias": seen[key]}
-            continue
-        seen[key] = name
         tensor = tensor.detach().cpu()
         shape, dtype = list(tensor.shape), str(tensor.dtype).removeprefix("torch.")
         if tensor.is_floating_point() and tensor.numel():
@@ -105,70 +98,211 @@ def save_sparse(
                 continue
         tensors[name] = tensor.contiguous()
         entries[name] = {"encoding": "dense", "shape": shape, "dtype": dtype}
-    metadata = {"format": FORMAT, "tensors": json.dumps(entries)}
+    entries = {name: entries[name] for name in names}
+    checksums = {key: tensor_digest(tensor) for key, tensor in tensors.items()}
+    metadata = {"format": FORMAT, **describe({"names": names, "tensors": entries, "checksums": checksums})}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def load_sparse(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read a checkpoint written by :func:`save_sparse` back into a dense state_dict."""
-    from safetensors import safe_open
+def load_sparse(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", *, verify: bool = True
+) -> dict[str, torch.Tensor]:
+    """Read a checkpoint written by :func:`save_sparse` back into a dense state_dict.
 
+    Every field is checked before anything is allocated (a tensor cannot expand beyond what its
+    bitmask encodes), and each stored tensor's checksum when it is read (``verify=False`` skips
+    that for speed). A bad file raises :class:`pdprune.CheckpointError` naming the field.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        handle = safe_open(str(path), framework="pt", device="cpu")
-    except Exception as error:
-        raise ValueError(f"{path} is not a safetensors file ({error})") from None
-    with handle as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            raise ValueError(
-                f"{path} is not a pdprune sparse checkpoint (format {metadata.get('format')!r}); a plain "
-                f"safetensors file loads with safetensors.torch.load_file"
-            )
-        entries = json.loads(metadata["tensors"])
+    with open_checked(path) as f:
+        description = read_description(
+            path, f, FORMAT, "a pdprune sparse checkpoint",
+            "; a plain safetensors file loads with safetensors.torch.load_file", legacy=(LEGACY_FORMAT,),
+        )  # fmt: skip
         stored = set(f.keys())
+        if description is None:  # written before checksums
+            if verify:
+                warn_unverifiable(path, "by an earlier pdprune (format pdprune-sparse-1)")
+            entries, checksums = _legacy_entries(path, f), None
+        else:
+            entries = _in_order(path, description.get("tensors"), description.get("names"))
+            checksums = checksum_map(path, description, stored)
+        plans = _checked_entries(path, f, entries, stored)
+        for name, plan in plans.items():  # every byte checked before anything is expanded
+            _check_data(path, f, name, plan, checksums, verify)
         state: dict[str, torch.Tensor] = {}
-        for name, entry in entries.items():
-            if "alias" in entry:
-                continue
-            if entry["encoding"] == "dense":
+        for name, plan in plans.items():
+            if plan.encoding == "dense":
                 state[name] = f.get_tensor(name)
-                continue
-            shape = entry["shape"]
-            numel = int(np.prod(shape)) if shape else 1
-            keep = torch.from_numpy(
-                np.unpackbits(f.get_tensor(f"{name}::mask").numpy(), count=numel).astype(bool)
-            )
-            values = f.get_tensor(f"{name}::values")
-            bits_dtype = _INT[values.element_size()]  # rebuilt bit for bit, which works for every float dtype
-            dense = torch.zeros(numel, dtype=bits_dtype)
-            dense[keep] = values.view(bits_dtype)
-            if f"{name}::negzero" in stored:
-                negative = np.unpackbits(f.get_tensor(f"{name}::negzero").numpy(), count=numel).astype(bool)
-                dense[torch.from_numpy(negative)] = torch.iinfo(bits_dtype).min
-            state[name] = dense.view(values.dtype).reshape(shape)
-        for name, entry in entries.items():
-            if "alias" in entry:
-                state[name] = state[entry["alias"]]
-    moved = {name: state[name].to(device) for name, entry in entries.items() if "alias" not in entry}
+            elif plan.encoding == "bitmask":
+                state[name] = _expand(f, name, plan)
+    moved = {name: tensor.to(device) for name, tensor in state.items()}
     return {
-        name: moved[entry["alias"]] if "alias" in entry else moved[name] for name, entry in entries.items()
+        name: moved[plan.alias] if plan.alias is not None else moved[name] for name, plan in plans.items()
     }
 
 
-def save_dense(model: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """The pruned model as an ordinary safetensors checkpoint (zeros included), atomically;
-    ``safetensors.torch.load_model(MyModel(), path)`` loads it into the stock class."""
-    from safetensors.torch import save_model
-
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"save_dense() takes the model (an nn.Module), got {type(model).__name__}; for a state dict use "
-            f"safetensors.torch.save_file(state_dict, path) or pdprune.export.save_sparse"
+def _in_order(path: Path, entries: Any, names: Any) -> Any:
+    """The entries in the state dict's order (the description's JSON is stored with sorted keys)."""
+    if (
+        not isinstance(entries, dict)
+        or not isinstance(names, list)
+        or sorted(map(str, names)) != sorted(entries)
+    ):
+        raise CheckpointError(
+            path, "names", "missing or not the described tensors", "every tensor's name, once"
         )
-    return atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+    return {name: entries[name] for name in names}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    encoding: str
+    shape: list[int]
+    dtype: torch.dtype
+    alias: str | None = None
+    negzero: bool = False
+
+
+def _legacy_entries(path: Path, f: Any) -> Any:
+    text = (f.metadata() or {}).get("tensors")
+    if not isinstance(text, str):
+        raise CheckpointError(path, "tensors", "missing from the metadata", "a JSON description")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise CheckpointError(path, "tensors", f"not valid JSON ({str(error)[:120]})") from None
+
+
+def _checked_entries(path: Path, f: Any, entries: Any, stored: set[str]) -> dict[str, _Entry]:
+    """Each tensor's description, checked against the stored tensors' headers (no data read)."""
+    if not isinstance(entries, dict):
+        raise CheckpointError(path, "tensors", "missing or not a JSON object", "a description per tensor")
+    plans: dict[str, _Entry] = {}
+    expected: set[str] = set()
+    for name, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise CheckpointError(path, name, f"description is a {type(entry).__name__}", "a JSON object")
+        if "alias" in entry:
+            target = entry["alias"]
+            if (
+                set(entry) != {"alias"}
+                or not isinstance(target, str)
+                or "alias" in entries.get(target, {"alias": 0})
+            ):
+                raise CheckpointError(
+                    path, f"{name}.alias", f"{str(target)[:60]!r}", "a stored tensor's name"
+                )
+            plans[name] = _Entry("alias", [], torch.float32, alias=target)
+            continue
+        encoding = entry.get("encoding")
+        shape = checked_shape(path, f"{name}.shape", entry.get("shape"))
+        dtype = checked_dtype(path, f"{name}.dtype", entry.get("dtype"))
+        count = numel(shape)
+        if encoding == "dense":
+            _expect_layout(path, f, name, name, stored, shape, dtype)
+            expected.add(name)
+            plans[name] = _Entry("dense", shape, dtype)
+        elif encoding == "bitmask":
+            if not dtype.is_floating_point or count == 0:
+                raise CheckpointError(
+                    path, f"{name}.dtype", f"a bitmask of {dtype} x {count}", "a floating tensor"
+                )
+            mask_bytes = (count + 7) // 8
+            _expect_layout(path, f, name, f"{name}::mask", stored, [mask_bytes], torch.uint8)
+            values = f"{name}::values"
+            if values not in stored:
+                raise CheckpointError(path, values, "missing", "the tensor's nonzero values")
+            shape_v, _ = stored_layout(f, values)
+            if len(shape_v) != 1 or shape_v[0] > count:
+                raise CheckpointError(
+                    path, values, f"shape {shape_v}", f"a 1-d tensor of at most {count} values"
+                )
+            _expect_layout(path, f, name, values, stored, shape_v, dtype)
+            negzero = f"{name}::negzero" in stored
+            if negzero:
+                _expect_layout(path, f, name, f"{name}::negzero", stored, [mask_bytes], torch.uint8)
+            expected |= {f"{name}::mask", values} | ({f"{name}::negzero"} if negzero else set())
+            plans[name] = _Entry("bitmask", shape, dtype, negzero=negzero)
+        else:
+            raise CheckpointError(path, f"{name}.encoding", f"{str(encoding)[:40]!r}", "'dense' or 'bitmask'")
+    extra = sorted(stored - expected)
+    if extra:
+        raise CheckpointError(path, extra[0], "stored but described by no entry", "only described tensors")
+    return plans
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.complex64: "C64",
+}  # fmt: skip
+
+
+def _expect_layout(
+    path: Path, f: Any, name: str, key: str, stored: set[str], shape: list[int], dtype: torch.dtype
+) -> None:
+    if key not in stored:
+        raise CheckpointError(path, key, "missing", f"the stored data of {name}")
+    found_shape, found_dtype = stored_layout(f, key)
+    code = _SAFETENSORS_DTYPES.get(dtype)
+    if found_shape != shape or (code is not None and found_dtype != code):
+        raise CheckpointError(
+            path,
+            key,
+            f"stored as {found_dtype} {found_shape}",
+            f"{code or dtype} {shape}, as its description says",
+        )
+
+
+_POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
+
+
+def _check_data(
+    path: Path, f: Any, name: str, plan: _Entry, checksums: dict[str, str] | None, verify: bool
+) -> None:
+    """Checksums, and what a bitmask must agree with, reading one stored tensor at a time (so a
+    bad file is refused holding no more than its largest tensor)."""
+    if plan.encoding == "dense":
+        verified_tensor(path, f, name, checksums, verify)
+        return
+    if plan.encoding != "bitmask":
+        return
+    count = numel(plan.shape)
+    mask = verified_tensor(path, f, f"{name}::mask", checksums, verify).numpy()
+    padding = mask[-1] & ((1 << (8 - count % 8)) - 1) if count % 8 else 0
+    if padding:
+        raise CheckpointError(path, f"{name}::mask", "bits set past the tensor's end", "zero padding")
+    kept = int(_POPCOUNT[mask].sum(dtype=np.int64))
+    values = verified_tensor(path, f, f"{name}::values", checksums, verify)
+    if values.dtype != plan.dtype:
+        raise CheckpointError(path, f"{name}::values", f"stored as {values.dtype}", f"{plan.dtype}")
+    if kept != values.numel():
+        raise CheckpointError(
+            path, f"{name}::values", f"{values.numel()} values for {kept} mask bits", f"{kept}"
+        )
+    del values
+    if plan.negzero:
+        negative = verified_tensor(path, f, f"{name}::negzero", checksums, verify).numpy()
+        last = negative[-1] & ((1 << (8 - count % 8)) - 1) if count % 8 else 0
+        if last or (negative & mask).any():
+            raise CheckpointError(
+                path, f"{name}::negzero", "bits outside the tensor's zeros", "a subset of the zeros"
+            )
+
+
+def _expand(f: Any, name: str, plan: _Entry) -> torch.Tensor:
+    """The dense tensor from its checked bitmask and values, bit for bit."""
+    count = numel(plan.shape)
+    keep = torch.from_numpy(np.unpackbits(f.get_tensor(f"{name}::mask").numpy(), count=count).astype(bool))
+    values = f.get_tensor(f"{name}::values")
+    bits_dtype = _INT[values.element_size()]  # rebuilt bit for bit, which works for every float dtype
+    dense = torch.zeros(count, dtype=bits_dtype)
+    dense[keep] = values.view(bits_dtype)
+    if plan.negzero:
+        negative = np.unpackbits(f.get_tensor(f"{name}::negzero").numpy(), count=count).astype(bool)
+        dense[torch.from_numpy(negative)] = torch.iinfo(bits_dtype).min
+    return dense.view(plan.dtype).reshape(plan.shape)
 
 
 def sparse_size_report(
