@@ -430,22 +430,62 @@ def _dead_pid() -> int:
 
 
 def test_a_save_cleans_what_a_killed_save_left_and_a_load_finds_a_swapped_out_folder(tmp_path):
-    dead = _dead_pid()
-    stale_file = tmp_path / f".m.safetensors.pdprune-{dead}-abcd1234.tmp"
+    from pdprune.io import _start_ticks
+
+    dead, me = _dead_pid(), os.getpid()
+    stale_file = tmp_path / f".m.safetensors.pdprune-{dead}-0-abcd1234.tmp"
     stale_file.write_bytes(b"x" * 1000)
-    live_file = tmp_path / f".m.safetensors.pdprune-{os.getpid()}-abcd1234.tmp"  # a writer still running
+    live_file = tmp_path / f".m.safetensors.pdprune-{me}-{_start_ticks(me)}-abcd1234.tmp"  # a running writer
     live_file.write_bytes(b"x")
+    reused = tmp_path / f".m.safetensors.pdprune-{me}-{_start_ticks(me) + 7}-abcd1234.tmp"  # our pid, reused
+    reused.mkdir()
     save_dense(pruned_mlp(), tmp_path / "m.safetensors")
-    assert not stale_file.exists() and live_file.exists()
+    assert not stale_file.exists() and not reused.exists() and live_file.exists()
 
     pdprune.save_shrunk(shrunk("conv"), tmp_path / "s")
     # A save killed between its two renames: the old folder moved aside, the new one not in place.
-    os.rename(tmp_path / "s", tmp_path / f".s.pdprune-old-{dead}-abcd1234")
-    (tmp_path / f".s.pdprune-new-{dead}-beef0000").mkdir()  # a staging folder it never finished
+    os.rename(tmp_path / "s", tmp_path / f".s.pdprune-old-{dead}-0-abcd1234")
+    (tmp_path / f".s.pdprune-new-{dead}-0-beef0000").mkdir()  # a staging folder it never finished
     model = pdprune.load_shrunk(tmp_path / "s", ConvNet)
     assert _same_state(model.state_dict(), honest()["conv"].state_dict())  # type: ignore[union-attr]
     pdprune.save_shrunk(shrunk("conv", seed=1), tmp_path / "s")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.safetensors", live_file.name, "s"])
+
+
+def test_saves_through_a_symlink_keep_the_link_and_load_through_it(tmp_path):
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    pdprune.save_shrunk(shrunk("conv"), tmp_path / "link" / "model")
+    os.symlink(tmp_path / "real" / "model", tmp_path / "model-link")
+    pdprune.save_shrunk(shrunk("conv", seed=1), tmp_path / "model-link")
+    assert (tmp_path / "model-link").is_symlink()
+    model = pdprune.load_shrunk(tmp_path / "model-link", ConvNet)
+    assert _same_state(model.state_dict(), shrunk("conv", seed=1).model.state_dict())
+    save_dense(pruned_mlp(), tmp_path / "real" / "m.safetensors")
+    os.symlink(tmp_path / "real" / "m.safetensors", tmp_path / "m-link.safetensors")
+    save_dense(pruned_mlp(seed=3), tmp_path / "m-link.safetensors")
+    assert (tmp_path / "m-link.safetensors").is_symlink()
+    assert _same_state(
+        load_dense(pruned_mlp(), tmp_path / "m-link.safetensors").state_dict(),
+        pruned_mlp(seed=3).state_dict(),
+    )
+
+
+def test_files_written_into_the_folder_during_a_save_are_kept(tmp_path, monkeypatch):
+    import pdprune.io as io
+
+    folder = tmp_path / "m"
+    pdprune.save_shrunk(shrunk("conv"), folder)
+    real_rename = os.rename
+
+    def rename(source, destination):
+        if ".pdprune-ready-" in str(source):  # the old folder is aside; a training loop logs into it
+            next(tmp_path.glob(".m.pdprune-old-*")).joinpath("events.log").write_text("step 9")
+        real_rename(source, destination)
+
+    monkeypatch.setattr(io.os, "rename", rename)
+    pdprune.save_shrunk(shrunk("conv", seed=1), folder)
+    assert (folder / "events.log").read_text() == "step 9"
 
 
 # ------------------------------------------------------------------ memory while refusing

@@ -27,14 +27,29 @@ __all__ = [
 ]
 
 _TEMP = re.compile(
-    r"\.(?P<name>.+)\.pdprune-(?:(?P<kind>new|ready|old|trash)-)?(?P<pid>\d+)-[0-9a-f]+(?:\.tmp)?"
+    r"\.(?P<name>.+)\.pdprune-(?:(?P<kind>new|ready|old|trash)-)?(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]+"
+    r"(?:\.tmp)?"
 )
+
+
+def _start_ticks(pid: int) -> int:
+    """When process ``pid`` started (Linux clock ticks since boot; 0 where unknown). With the pid it
+    tells a writer from a later process that reuses its pid (a restarted container's pid 1)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _temp_name(target: Path, kind: str | None = None) -> Path:
     tag = f"{kind}-" if kind else ""
     suffix = "" if kind else ".tmp"
-    return target.parent / f".{target.name}.pdprune-{tag}{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+    pid = os.getpid()
+    return (
+        target.parent
+        / f".{target.name}.pdprune-{tag}{pid}-{_start_ticks(pid)}-{secrets.token_hex(4)}{suffix}"
+    )
 
 
 def _leftovers(target: Path, kind: str | None, dead_only: bool = True) -> list[Path]:
@@ -51,21 +66,23 @@ def _leftovers(target: Path, kind: str | None, dead_only: bool = True) -> list[P
             continue
         if (kind is None) != entry.name.endswith(".tmp"):
             continue  # a folder swap's new/ready/old folders never end in .tmp; a file write's always
-        if not dead_only or not _process_alive(int(match["pid"])):
+        if not dead_only or not _process_alive(int(match["pid"]), int(match["start"])):
             found.append(entry)
     return sorted(found)
 
 
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True  # another thread of this process may be writing
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
+def _process_alive(pid: int, start: int) -> bool:
+    """Whether the writer that named a leftover may still run (another thread of this process,
+    too). A process of the same pid that started at another time is not that writer."""
+    if pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pass  # it exists but is not ours to signal
+    now = _start_ticks(pid)
+    return start == 0 or now == 0 or now == start
 
 
 def _remove(path: Path, target: Path | None = None) -> None:
@@ -104,7 +121,7 @@ def atomic_write(
     With ``companions``, files ``write`` creates beside the temporary one (an ONNX model's external
     weights, named after ``path``) are moved beside ``path`` first, each atomically.
     """
-    target = Path(path)
+    given, target = Path(path), Path(os.path.realpath(path))  # a symlink keeps naming the file
     if target.parent.exists() and not target.parent.is_dir():
         raise NotADirectoryError(f"cannot write {target}: {target.parent} is a file, not a folder")
     if target.is_dir():
@@ -130,7 +147,7 @@ def atomic_write(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     _fsync_folder(target.parent)
-    return target
+    return given
 
 
 def atomic_folder(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
@@ -141,9 +158,7 @@ def atomic_folder(path: str | os.PathLike[str], write: Callable[[Path], None]) -
     point leaves a folder that :func:`readable_folder` finds whole: the old one or the new one.
     The next write cleans what a killed one left behind.
     """
-    target = Path(os.path.abspath(path))
-    if target.is_symlink():
-        target = Path(os.path.realpath(target))
+    given, target = Path(path), Path(os.path.realpath(path))
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"cannot write the folder {target}: a file of that name exists")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -174,16 +189,18 @@ def atomic_folder(path: str | os.PathLike[str], write: Callable[[Path], None]) -
         os.rename(target, old)
     os.rename(ready, target)
     _fsync_folder(target.parent)
+    if old.exists():
+        _carry_over(old, target)  # what others wrote into the folder while this save ran
     _remove(old, target)
     if cwd is not None:
         os.chdir(cwd)  # the process stood in the folder that was swapped out
-    return target
+    return given
 
 
 def readable_folder(path: str | os.PathLike[str]) -> Path:
     """``path``, or, if a save was killed while swapping folders, the whole folder it left beside
     ``path`` (the new one if it was complete, else the old one). Read-only: renames nothing."""
-    target = Path(os.path.abspath(path))
+    target = Path(os.path.realpath(path))  # through a symlink, as atomic_folder writes
     if target.exists():
         return target
     for kind in ("ready", "old"):  # a ready folder is whole by construction; an old one was whole

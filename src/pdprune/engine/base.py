@@ -187,7 +187,15 @@ class Pruner(Generic[ConfigT, TargetT]):
             self._restore(state)
         except CheckpointError:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            IndexError,
+            OverflowError,
+            RuntimeError,
+        ) as error:
             raise CheckpointError(None, "pruner state", str(error).strip("'\"")) from None
 
     def _restore(self, state: dict[str, Any]) -> None:

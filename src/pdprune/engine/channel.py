@@ -132,6 +132,8 @@ class ChannelPruner(Pruner[ChannelConfig, ChannelTarget]):
                 "kept": int(self.kept[name].sum()),
                 "width": group.width,
                 "counts": dict(group.counts),
+                "producers": [member.name for member in group.members],
+                "consumers": list(group.consumers),
             }
             for name, group in self.groups.items()
             if group.counts and int(self.kept[name].sum()) < group.channels

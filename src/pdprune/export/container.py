@@ -22,13 +22,16 @@ from pdprune.integrity import canonical_json, tensor_digest, text_digest
 
 __all__ = [
     "DTYPES",
+    "SAFETENSORS_CODES",
     "checked_dtype",
     "checked_shape",
     "checksum_map",
     "describe",
     "numel",
     "open_checked",
+    "parse_json",
     "read_description",
+    "reading",
     "stored_layout",
     "untied_state",
     "verified_tensor",
@@ -38,16 +41,34 @@ __all__ = [
 MAX_DESCRIPTION_BYTES = 64 * 2**20
 MAX_DIMS = 32
 
-DTYPES: dict[str, torch.dtype] = {
-    str(dtype).removeprefix("torch."): dtype
-    for dtype in (
-        torch.float64, torch.float32, torch.float16, torch.bfloat16,
-        torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
-        torch.complex64,
-        *(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64")
-          if hasattr(torch, name)),
-    )
+#: Every dtype a pdprune file may hold, by name, with its safetensors code.
+SAFETENSORS_CODES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.complex64: "C64",
+    **{getattr(torch, name): code for name, code in (
+        ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"),
+        ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"),
+    ) if hasattr(torch, name)},
 }  # fmt: skip
+DTYPES: dict[str, torch.dtype] = {str(dtype).removeprefix("torch."): dtype for dtype in SAFETENSORS_CODES}
+
+#: Errors a loader's own checks do not raise but a malformed file can still provoke deep inside
+#: parsing or tensor code; inside :func:`reading` they become a CheckpointError naming the file.
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError, RuntimeError)
+
+
+@contextmanager
+def reading(path: Path, field: str = "file") -> Iterator[None]:
+    """Turn any error a malformed file provokes while it is read into a :class:`CheckpointError`."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except _MALFORMED as error:
+        raise CheckpointError(
+            path, field, f"malformed ({type(error).__name__}: {str(error)[:160]})", "a file pdprune wrote"
+        ) from None
 
 
 def untied_state(
@@ -117,6 +138,8 @@ def read_description(
     metadata = f.metadata() or {}
     found = metadata.get("format")
     if found in legacy:
+        if {"pdprune", "sha256"} & set(metadata):  # a newer file whose format field was damaged
+            raise CheckpointError(path, "format", f"{found!r} beside checksums", repr(format_name))
         return None
     if found != format_name:
         raise CheckpointError(path, "format", f"{found!r}: not {what}", f"{format_name!r}{hint}")
@@ -127,17 +150,22 @@ def read_description(
         raise CheckpointError(path, "metadata", f"{len(text)} bytes", f"at most {MAX_DESCRIPTION_BYTES}")
     if text_digest(text) != digest:
         raise CheckpointError(path, "metadata", "its checksum does not match (the file is corrupt)", digest)
-    description = _parse_json(path, "metadata", text)
+    description = parse_json(path, "metadata", text)
     if not isinstance(description, dict):
         raise CheckpointError(path, "metadata", f"a {type(description).__name__}", "a JSON object")
     return description
 
 
-def _parse_json(path: Path, field: str, text: str) -> Any:
+def parse_json(path: Path, field: str, text: str | bytes) -> Any:
+    """Strict JSON: no NaN or infinities (JSON has none), bounded nesting and number sizes."""
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
+        return json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError, UnicodeDecodeError) as error:  # JSONDecodeError, int limits
         raise CheckpointError(path, field, f"not valid JSON ({str(error)[:120]})") from None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def checked_dtype(path: Path, field: str, value: Any) -> torch.dtype:

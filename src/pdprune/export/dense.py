@@ -20,10 +20,14 @@ from torch import nn
 
 from pdprune.errors import CheckpointError
 from pdprune.export.container import (
+    DTYPES,
+    SAFETENSORS_CODES,
     checksum_map,
     describe,
     open_checked,
     read_description,
+    reading,
+    stored_layout,
     untied_state,
     verified_tensor,
     warn_unverifiable,
@@ -62,33 +66,77 @@ def write_dense(model: nn.Module, path: Path) -> dict[str, Any]:
 
 
 def dense_description(tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -> dict[str, Any]:
-    return {"checksums": {name: tensor_digest(t) for name, t in tensors.items()}, "aliases": aliases}
+    return {
+        "checksums": {name: tensor_digest(t) for name, t in tensors.items()},
+        "layouts": {
+            name: [str(t.dtype).removeprefix("torch."), list(t.shape)] for name, t in tensors.items()
+        },
+        "aliases": aliases,
+    }
 
 
 def read_dense(
-    path: str | os.PathLike[str], *, verify: bool = True
+    path: str | os.PathLike[str], *, verify: bool = True, expected: dict[str, torch.Tensor] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """The checked tensors of a dense checkpoint (tied names included) and its description (None
-    for a plain safetensors file, which has no checksums to check)."""
+    for a plain safetensors file, which has no checksums to check). With ``expected`` (a model's
+    state dict), names and shapes are compared from the header before any tensor is read."""
     path = Path(path)
-    with open_checked(path) as f:
+    with open_checked(path) as f, reading(path):
         keys = list(f.keys())
         stored = set(keys)
-        if not {"format", "pdprune", "sha256"} & set(f.metadata() or {}):  # a plain safetensors file
+        metadata = f.metadata() or {}
+        if not {"format", "pdprune", "sha256"} & set(metadata):  # a plain safetensors file
             if verify:
                 warn_unverifiable(path, "by safetensors directly, not by pdprune.export.save_dense")
-            return {key: f.get_tensor(key) for key in keys}, None
+            ties = {k: v for k, v in metadata.items() if k not in stored and v in stored}  # save_model's
+            if expected is not None:
+                _expect_names(path, f, keys, ties, expected)
+            plain = {key: f.get_tensor(key) for key in keys}
+            return plain | {name: plain[kept] for name, kept in ties.items()}, None
         description = read_description(path, f, FORMAT, "a pdprune dense checkpoint")
         checksums = checksum_map(path, description, stored)
-        aliases = description.get("aliases")
+        layouts, aliases = description.get("layouts"), description.get("aliases")
+        if not isinstance(layouts, dict) or set(layouts) != stored:
+            raise CheckpointError(
+                path, "layouts", "missing or not the stored tensors", "dtype and shape of each"
+            )
         if not isinstance(aliases, dict) or not all(
-            isinstance(k, str) and k not in stored and v in stored for k, v in aliases.items()
+            isinstance(k, str) and isinstance(v, str) and k not in stored and v in stored
+            for k, v in aliases.items()
         ):
             raise CheckpointError(path, "aliases", "malformed", "tied names, each naming a stored tensor")
+        for key in keys:
+            dtype, shape = layouts[key]
+            found_shape, code = stored_layout(f, key)
+            if [code, found_shape] != [SAFETENSORS_CODES.get(DTYPES.get(dtype)), shape]:  # type: ignore[arg-type]
+                raise CheckpointError(
+                    path, key, f"stored as {code} {found_shape}", f"{dtype} {shape}, as described"
+                )
+        if expected is not None:
+            _expect_names(path, f, keys, aliases, expected)
         state = {key: verified_tensor(path, f, key, checksums, verify) for key in keys}
     for name, kept in aliases.items():
         state[name] = state[kept]
     return state, description
+
+
+def _expect_names(
+    path: Path, f: Any, keys: list[str], aliases: dict[str, str], expected: dict[str, torch.Tensor]
+) -> None:
+    """The file holds exactly the model's tensors, in the model's shapes (read from the header)."""
+    shapes = {key: stored_layout(f, key)[0] for key in keys}
+    shapes |= {name: shapes[kept] for name, kept in aliases.items()}
+    for name, tensor in expected.items():
+        if name not in shapes:
+            raise CheckpointError(path, name, "missing", "every tensor of the model it is loaded into")
+        if shapes[name] != list(tensor.shape):
+            raise CheckpointError(
+                path, name, f"shape {tuple(shapes[name])}", f"{tuple(tensor.shape)}, as the model has"
+            )
+    extra = [name for name in shapes if name not in expected]
+    if extra:
+        raise CheckpointError(path, extra[0], "not in the model", "a checkpoint of this model")
 
 
 def load_dense(
@@ -99,22 +147,11 @@ def load_dense(
     Each tensor's checksum is checked (``verify=False`` skips that), and a file whose names or
     shapes are not the model's raises :class:`pdprune.CheckpointError` before any weight changes.
     """
-    state, _description = read_dense(path, verify=verify)
     expected = model.state_dict()
-    for name, tensor in expected.items():
+    state, _description = read_dense(path, verify=verify, expected=expected if strict else None)
+    for name, tensor in expected.items():  # without strict, only the names both hold
         if name in state and tuple(state[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                path, name, f"shape {tuple(state[name].shape)}", f"{tuple(tensor.shape)}, as the model has"
-            )
-    if strict:
-        unexpected = [name for name in state if name not in expected]
-        missing = [name for name in expected if name not in state]
-        if unexpected:
-            raise CheckpointError(
-                path, unexpected[0], f"not in {type(model).__name__}", "a checkpoint of this model"
-            )
-        if missing:
-            raise CheckpointError(path, missing[0], "missing", f"every tensor of {type(model).__name__}")
+            raise CheckpointError(path, name, f"shape {tuple(state[name].shape)}", f"{tuple(tensor.shape)}")
     with torch.no_grad():
         model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=strict)
     return model

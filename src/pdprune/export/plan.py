@@ -9,15 +9,15 @@ amount.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from pdprune.errors import CheckpointError
-from pdprune.export.container import DTYPES, MAX_DIMS, numel
+from pdprune.export.container import DTYPES, MAX_DIMS, numel, parse_json, reading
 from pdprune.integrity import canonical_json, text_digest
 
 __all__ = [
@@ -55,6 +55,14 @@ class Plan:
     weights: str | None
 
 
+@dataclass(frozen=True)
+class Before:
+    """Sizes before the removals: the shrunk layers' outputs and the attributes the plan sets."""
+
+    outputs: dict[str, int | None]
+    attributes: dict[str, int]
+
+
 def seal(plan: dict[str, Any]) -> dict[str, Any]:
     """The plan with its checksum: SHA-256 of its canonical JSON without the checksum."""
     return {**plan, "checksum": text_digest(canonical_json(plan))}
@@ -62,15 +70,15 @@ def seal(plan: dict[str, Any]) -> dict[str, Any]:
 
 def read_plan(path: Path) -> Plan:
     """Parse and check ``plan.json``; a bad one raises :class:`CheckpointError` naming the field."""
+    with reading(path, "plan"):
+        return _read_plan(path)
+
+
+def _read_plan(path: Path) -> Plan:
     size = path.stat().st_size
     if size > MAX_PLAN_BYTES:
         raise CheckpointError(path, "size", f"{size} bytes", f"at most {MAX_PLAN_BYTES}")
-    try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise CheckpointError(
-            path, "json", f"not valid JSON ({str(error)[:120]})", "the plan save_shrunk wrote"
-        ) from None
+    raw = parse_json(path, "json", path.read_bytes())
     if not isinstance(raw, dict) or raw.get("kind") != KIND:
         raise CheckpointError(path, "kind", "not a pdprune shrunk-model plan", repr(KIND))
     version = raw.get("format")
@@ -78,6 +86,10 @@ def read_plan(path: Path) -> Plan:
         body = {k: v for k, v in raw.items() if k != "checksum"}
         if raw.get("checksum") != text_digest(canonical_json(body)):
             raise CheckpointError(path, "checksum", "does not match the plan (the file is corrupt or edited)")
+    elif (
+        version == LEGACY_PLAN_FORMAT and not isinstance(version, bool) and {"checksum", "weights"} & set(raw)
+    ):
+        raise CheckpointError(path, "format", "1, in a plan that carries checksums (damaged or edited)", "2")
     elif version != LEGACY_PLAN_FORMAT or isinstance(version, bool):
         raise CheckpointError(
             path, "format", f"{str(version)[:20]}", f"{PLAN_FORMAT} (or {LEGACY_PLAN_FORMAT})"
@@ -151,18 +163,29 @@ def _attributes(path: Path, value: Any) -> dict[str, int]:
     return dict(value)
 
 
+_GROUP_KEYS = {"name", "units", "kept", "width", "counts", "producers", "consumers"}
+
+
 def _groups(path: Path, value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise CheckpointError(path, "declared.groups", "missing or malformed", "a list of declared groups")
     for i, group in enumerate(value):
         where = f"declared.groups[{i}]"
-        if not isinstance(group, dict) or set(group) != {"name", "units", "kept", "width", "counts"}:
-            raise CheckpointError(path, where, "malformed", "name, units, kept, width and counts")
+        if not isinstance(group, dict) or set(group) != _GROUP_KEYS:
+            raise CheckpointError(path, where, "malformed", ", ".join(sorted(_GROUP_KEYS)))
         units, kept, width, counts = group["units"], group["kept"], group["width"], group["counts"]
         if not all(_is_int(v) for v in (units, kept, width)) or not 1 <= kept <= units or width < 1:
             raise CheckpointError(path, where, "sizes out of range", "1 <= kept <= units, width >= 1")
         if not isinstance(counts, dict) or not all(v in ("units", "channels") for v in counts.values()):
             raise CheckpointError(path, f"{where}.counts", "malformed", "attribute -> 'units' or 'channels'")
+        for side in ("producers", "consumers"):
+            names = group[side]
+            if (
+                not isinstance(names, list)
+                or not all(isinstance(n, str) for n in names)
+                or (side == "producers" and not names)
+            ):
+                raise CheckpointError(path, f"{where}.{side}", "malformed", "a list of layer names")
     return value
 
 
@@ -220,15 +243,57 @@ def _check_example(path: Path, spec: Any) -> None:
         )
 
 
-def check_attributes(plan: Plan, modules: dict[str, nn.Module]) -> None:
-    """Before any removal: each size attribute the plan sets is one a recorded group names, an
-    int attribute of its module today, and shrinks (never grows) it, by the group's own count."""
-    expected: dict[str, int] = {}
-    before: dict[str, int] = {}
+def _out_size(module: nn.Module | None) -> int | None:
+    """Output channels of a Linear, convolution or norm, read from its weights."""
+    weight = getattr(module, "weight", None)
+    if isinstance(module, nn.modules.batchnorm._NormBase) and weight is None:
+        weight = getattr(module, "running_mean", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() == 0:
+        return None
+    if isinstance(module, nn.modules.conv._ConvNd) and module.transposed:
+        return int(weight.shape[1]) * module.groups
+    return int(weight.shape[0])
+
+
+def _in_size(module: nn.Module | None) -> int | None:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        return None
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return int(weight.shape[0]) if module.transposed else int(weight.shape[1]) * module.groups
+    return int(weight.shape[1])
+
+
+def _is_inside(owner: str, name: str) -> bool:
+    """``owner`` is a proper ancestor of module ``name`` (the model itself is everyone's)."""
+    return owner != name and (owner == "" or name.startswith(owner + "."))
+
+
+def check_attributes(plan: Plan, modules: dict[str, nn.Module]) -> Before:
+    """Before any removal: each size attribute the plan sets is an int attribute, today, of a module
+    that contains layers the plan shrinks, named by the group that records it (for plans of the
+    first format, which record no groups, one that contains a layer losing outputs). Returns the
+    sizes now, for :func:`check_groups_after`."""
+    producers = {name for g in plan.groups or [] for name in g["producers"]}
+    if plan.groups is None:
+        producers = {name for name, side, _ in plan.declared_removals if side is True}
+    for group in plan.groups or []:
+        full = group["units"] * group["width"]
+        for side, size_of in (("producers", _out_size), ("consumers", _in_size)):
+            for name in group[side]:
+                size = size_of(modules.get(name))
+                if (size is not None and size != full) or (name not in modules):
+                    raise CheckpointError(
+                        plan.path,
+                        f"declared.groups.{group['name']}.{side}",
+                        f"{name}: {size} channels",
+                        f"{full} (units x width), as the model has them",
+                    )
+    named: dict[str, tuple[int, int, dict[str, Any]]] = {}
     for group in plan.groups or []:
         for key, kind in group["counts"].items():
             factor = 1 if kind == "units" else group["width"]
-            expected[key], before[key] = group["kept"] * factor, group["units"] * factor
+            named[key] = (group["units"] * factor, group["kept"] * factor, group)
     for key, size in plan.attributes.items():
         field = f"declared.attributes.{key}"
         owner_name, _, attribute = key.rpartition(".")
@@ -241,19 +306,71 @@ def check_attributes(plan: Plan, modules: dict[str, nn.Module]) -> None:
                 f"{owner_name or 'the model'} has no int attribute {attribute!r}",
                 "a size attribute",
             )
+        around = (
+            producers
+            if plan.groups is None
+            else set(named.get(key, (0, 0, {"producers": []}))[2]["producers"])
+        )
+        if not any(_is_inside(owner_name, name) for name in around):
+            raise CheckpointError(
+                plan.path,
+                field,
+                "its module contains no layer the plan's declared groups shrink",
+                "a size attribute of the module holding the group",
+            )
         if plan.groups is not None:
-            if key not in expected:
+            if key not in named:
                 raise CheckpointError(plan.path, field, "not named by any declared group of the plan")
-            if size != expected[key] or current != before[key]:
+            before, after, _ = named[key]
+            if size != after or current != before:
                 raise CheckpointError(
-                    plan.path,
-                    field,
-                    f"{current} -> {size}",
-                    f"{before[key]} -> {expected[key]}, as the group records",
+                    plan.path, field, f"{current} -> {size}", f"{before} -> {after}, as the group records"
                 )
-        elif size > current:
+        elif size >= current:
             raise CheckpointError(
                 plan.path, field, f"{current} -> {size}", "a removal, which only shrinks sizes"
+            )
+    return Before(
+        outputs={name: _out_size(modules.get(name)) for name in producers},
+        attributes={
+            key: vars(modules[key.rpartition(".")[0]])[key.rpartition(".")[2]] for key in plan.attributes
+        },
+    )
+
+
+def check_groups_after(plan: Plan, modules: dict[str, nn.Module], before: Before) -> None:
+    """After the removals: each declared group's layers have the channels its kept count says, and
+    each size attribute agrees with the layers it counts (so it matches the weights' shapes)."""
+    for group in plan.groups or []:
+        kept = group["kept"] * group["width"]
+        for side, size_of in (("producers", _out_size), ("consumers", _in_size)):
+            for name in group[side]:
+                size = size_of(modules.get(name))
+                if size is not None and size != kept:
+                    raise CheckpointError(
+                        plan.path,
+                        f"declared.groups.{group['name']}.{side}",
+                        f"{name}: {size} channels after the removals",
+                        f"{kept} (kept x width)",
+                    )
+    if plan.groups is not None:
+        return
+    for key, size in plan.attributes.items():  # first format: the ratio of a layer the owner holds
+        owner_name = key.rpartition(".")[0]
+        current = before.attributes[key]
+        fits = False
+        for name, out_before in before.outputs.items():
+            out_after = _out_size(modules.get(name))
+            if _is_inside(owner_name, name) and out_before is not None and out_after is not None:
+                fits |= out_before * size == out_after * current or (
+                    out_before == current and out_after == size
+                )
+        if not fits:
+            raise CheckpointError(
+                plan.path,
+                f"declared.attributes.{key}",
+                f"{current} -> {size} does not count the channels left",
+                "the units or channels the removals leave in the layers it holds",
             )
 
 
@@ -277,6 +394,8 @@ def check_module_sizes(path: Path, model: nn.Module) -> None:
         for attribute, size in sizes.items():
             if getattr(module, attribute) != size:
                 raise CheckpointError(
-                    path, f"{name}.{attribute}", f"{getattr(module, attribute)} after the plan's removals",
+                    path,
+                    f"{name}.{attribute}",
+                    f"{getattr(module, attribute)} after the plan's removals",
                     f"{size}, as the layer's weights have",
-                )  # fmt: skip
+                )

@@ -28,6 +28,7 @@ from pdprune.export.plan import (
     MAX_EXAMPLE_ELEMENTS,
     PLAN_FORMAT,
     check_attributes,
+    check_groups_after,
     check_module_sizes,
     read_plan,
     seal,
@@ -102,13 +103,16 @@ def load_shrunk(
     build: Callable[..., nn.Module],
     *args: Any,
     verify: bool = True,
+    example_inputs: Any = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Rebuild a shrunk model: ``build(*args, **kwargs)`` (the class or any factory) makes the
     dense model, the plan's removals shrink it, and the weights load into it (strictly).
 
     The plan is checked field by field and each tensor against its checksum (``verify=False``
-    skips the tensors' checksums); a bad folder raises :class:`pdprune.CheckpointError`.
+    skips the tensors' checksums); a bad folder raises :class:`pdprune.CheckpointError`. The
+    removals are replayed by tracing the model on zeros shaped like the plan's example (one
+    batch of at most 2**21 elements); ``example_inputs`` traces on yours instead.
     """
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
@@ -123,11 +127,15 @@ def load_shrunk(
             "pdprune.save_shrunk)"
         )
     plan = read_plan(plan_path)
-    legacy = plan.weights is None
-    if legacy and verify:
-        warn_unverifiable(plan_path, "by an earlier pdprune (plan format 1)")
-    state, description = read_dense(weights_path, verify=verify and not legacy)
-    if plan.weights is not None and (description is None or describe(description)["sha256"] != plan.weights):
+    state, description = read_dense(weights_path, verify=verify)
+    if plan.weights is None:  # a plan of the first format, from before checksums
+        if description is not None:
+            raise CheckpointError(
+                plan_path, "format", "1, beside weights that carry checksums (an edited or damaged plan)", "2"
+            )
+        if verify:
+            warn_unverifiable(plan_path, "by an earlier pdprune (plan format 1)")
+    elif description is None or describe(description)["sha256"] != plan.weights:
         raise CheckpointError(
             weights_path, "description", "does not belong to this plan (saved by another save_shrunk)",
             "the weights written with plan.json",
@@ -143,11 +151,12 @@ def load_shrunk(
     was_training = model.training
     model.eval()
     try:
-        modules = dict(model.named_modules())
-        check_attributes(plan, modules)
-        graph = trace(model, build_inputs(plan.example_inputs))
+        before = check_attributes(plan, dict(model.named_modules()))
+        inputs = build_inputs(plan.example_inputs) if example_inputs is None else example_inputs
+        graph = trace(model, inputs)
         graph.load_pruning_history([tuple(step) for step in plan.removals])
         apply_removals(dict(model.named_modules()), plan.declared_removals, plan.attributes)  # type: ignore[arg-type]
+        check_groups_after(plan, dict(model.named_modules()), before)
     except CheckpointError:
         raise
     except Exception as error:

@@ -12,7 +12,6 @@ weights) are stored once.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,13 +24,16 @@ from torch import nn
 
 from pdprune.errors import CheckpointError
 from pdprune.export.container import (
+    SAFETENSORS_CODES,
     checked_dtype,
     checked_shape,
     checksum_map,
     describe,
     numel,
     open_checked,
+    parse_json,
     read_description,
+    reading,
     stored_layout,
     untied_state,
     verified_tensor,
@@ -90,18 +92,27 @@ def save_sparse(
                 (1.0 - kept / n >= min_sparsity) if min_sparsity is not None else sparse_bytes < n * width
             )
             if wanted and kept < n:
-                tensors[f"{name}::mask"] = torch.from_numpy(np.packbits(keep.numpy()))
-                tensors[f"{name}::values"] = flat[keep].contiguous()
+                _put(tensors, f"{name}::mask", torch.from_numpy(np.packbits(keep.numpy())))
+                _put(tensors, f"{name}::values", flat[keep].contiguous())
                 if any_negative:  # kept bit for bit, as a second bitmask
-                    tensors[f"{name}::negzero"] = torch.from_numpy(np.packbits(negative_zero.numpy()))
+                    _put(tensors, f"{name}::negzero", torch.from_numpy(np.packbits(negative_zero.numpy())))
                 entries[name] = {"encoding": "bitmask", "shape": shape, "dtype": dtype}
                 continue
-        tensors[name] = tensor.contiguous()
+        _put(tensors, name, tensor.contiguous())
         entries[name] = {"encoding": "dense", "shape": shape, "dtype": dtype}
     entries = {name: entries[name] for name in names}
     checksums = {key: tensor_digest(tensor) for key, tensor in tensors.items()}
     metadata = {"format": FORMAT, **describe({"names": names, "tensors": entries, "checksums": checksums})}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def _put(tensors: dict[str, torch.Tensor], key: str, tensor: torch.Tensor) -> None:
+    if key in tensors:
+        raise ValueError(
+            f"cannot store {key!r}: the name is taken by the compressed parts of another tensor "
+            "(NAME::mask, NAME::values, NAME::negzero); rename it, or save with save_dense"
+        )
+    tensors[key] = tensor
 
 
 def load_sparse(
@@ -114,7 +125,7 @@ def load_sparse(
     that for speed). A bad file raises :class:`pdprune.CheckpointError` naming the field.
     """
     path = Path(path)
-    with open_checked(path) as f:
+    with open_checked(path) as f, reading(path):
         description = read_description(
             path, f, FORMAT, "a pdprune sparse checkpoint",
             "; a plain safetensors file loads with safetensors.torch.load_file", legacy=(LEGACY_FORMAT,),
@@ -128,14 +139,12 @@ def load_sparse(
             entries = _in_order(path, description.get("tensors"), description.get("names"))
             checksums = checksum_map(path, description, stored)
         plans = _checked_entries(path, f, entries, stored)
-        for name, plan in plans.items():  # every byte checked before anything is expanded
-            _check_data(path, f, name, plan, checksums, verify)
-        state: dict[str, torch.Tensor] = {}
-        for name, plan in plans.items():
-            if plan.encoding == "dense":
-                state[name] = f.get_tensor(name)
-            elif plan.encoding == "bitmask":
-                state[name] = _expand(f, name, plan)
+        # Every byte is checked before anything is expanded, and expanded from the very bytes that
+        # were checked: the stored pieces (together the file's size) are held, then expanded.
+        pieces = {
+            name: _checked_pieces(path, f, name, plan, checksums, verify) for name, plan in plans.items()
+        }
+    state = {name: _expand(plans[name], held) for name, held in pieces.items() if held}
     moved = {name: tensor.to(device) for name, tensor in state.items()}
     return {
         name: moved[plan.alias] if plan.alias is not None else moved[name] for name, plan in plans.items()
@@ -168,10 +177,7 @@ def _legacy_entries(path: Path, f: Any) -> Any:
     text = (f.metadata() or {}).get("tensors")
     if not isinstance(text, str):
         raise CheckpointError(path, "tensors", "missing from the metadata", "a JSON description")
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
-        raise CheckpointError(path, "tensors", f"not valid JSON ({str(error)[:120]})") from None
+    return parse_json(path, "tensors", text)
 
 
 def _checked_entries(path: Path, f: Any, entries: Any, stored: set[str]) -> dict[str, _Entry]:
@@ -232,21 +238,14 @@ def _checked_entries(path: Path, f: Any, entries: Any, stored: set[str]) -> dict
     return plans
 
 
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.complex64: "C64",
-}  # fmt: skip
-
-
 def _expect_layout(
     path: Path, f: Any, name: str, key: str, stored: set[str], shape: list[int], dtype: torch.dtype
 ) -> None:
     if key not in stored:
         raise CheckpointError(path, key, "missing", f"the stored data of {name}")
     found_shape, found_dtype = stored_layout(f, key)
-    code = _SAFETENSORS_DTYPES.get(dtype)
-    if found_shape != shape or (code is not None and found_dtype != code):
+    code = SAFETENSORS_CODES[dtype]
+    if found_shape != shape or found_dtype != code:
         raise CheckpointError(
             path,
             key,
@@ -258,22 +257,25 @@ def _expect_layout(
 _POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
 
 
-def _check_data(
+def _checked_pieces(
     path: Path, f: Any, name: str, plan: _Entry, checksums: dict[str, str] | None, verify: bool
-) -> None:
-    """Checksums, and what a bitmask must agree with, reading one stored tensor at a time (so a
-    bad file is refused holding no more than its largest tensor)."""
+) -> dict[str, torch.Tensor]:
+    """The stored tensors of one entry, each checked against its checksum and its description,
+    and a bitmask against its values and its tensor's size."""
+    if plan.encoding == "alias":
+        return {}
     if plan.encoding == "dense":
-        verified_tensor(path, f, name, checksums, verify)
-        return
-    if plan.encoding != "bitmask":
-        return
+        tensor = verified_tensor(path, f, name, checksums, verify)
+        if tensor.dtype != plan.dtype or list(tensor.shape) != plan.shape:
+            raise CheckpointError(
+                path, name, f"stored as {tensor.dtype} {list(tensor.shape)}", f"{plan.dtype} {plan.shape}"
+            )
+        return {"dense": tensor}
     count = numel(plan.shape)
-    mask = verified_tensor(path, f, f"{name}::mask", checksums, verify).numpy()
-    padding = mask[-1] & ((1 << (8 - count % 8)) - 1) if count % 8 else 0
-    if padding:
+    mask = verified_tensor(path, f, f"{name}::mask", checksums, verify)
+    if _padding(mask, count):
         raise CheckpointError(path, f"{name}::mask", "bits set past the tensor's end", "zero padding")
-    kept = int(_POPCOUNT[mask].sum(dtype=np.int64))
+    kept = int(_POPCOUNT[mask.numpy()].sum(dtype=np.int64))
     values = verified_tensor(path, f, f"{name}::values", checksums, verify)
     if values.dtype != plan.dtype:
         raise CheckpointError(path, f"{name}::values", f"stored as {values.dtype}", f"{plan.dtype}")
@@ -281,26 +283,34 @@ def _check_data(
         raise CheckpointError(
             path, f"{name}::values", f"{values.numel()} values for {kept} mask bits", f"{kept}"
         )
-    del values
+    held = {"mask": mask, "values": values}
     if plan.negzero:
-        negative = verified_tensor(path, f, f"{name}::negzero", checksums, verify).numpy()
-        last = negative[-1] & ((1 << (8 - count % 8)) - 1) if count % 8 else 0
-        if last or (negative & mask).any():
+        negative = verified_tensor(path, f, f"{name}::negzero", checksums, verify)
+        if _padding(negative, count) or (negative.numpy() & mask.numpy()).any():
             raise CheckpointError(
                 path, f"{name}::negzero", "bits outside the tensor's zeros", "a subset of the zeros"
             )
+        held["negzero"] = negative
+    return held
 
 
-def _expand(f: Any, name: str, plan: _Entry) -> torch.Tensor:
-    """The dense tensor from its checked bitmask and values, bit for bit."""
+def _padding(packed: torch.Tensor, count: int) -> int:
+    """The bits of the last byte past ``count`` elements (np.packbits fills bytes high bit first)."""
+    return int(packed[-1]) & ((1 << (8 - count % 8)) - 1) if count % 8 else 0
+
+
+def _expand(plan: _Entry, held: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The dense tensor from its checked pieces, bit for bit."""
+    if "dense" in held:
+        return held["dense"]
     count = numel(plan.shape)
-    keep = torch.from_numpy(np.unpackbits(f.get_tensor(f"{name}::mask").numpy(), count=count).astype(bool))
-    values = f.get_tensor(f"{name}::values")
+    keep = torch.from_numpy(np.unpackbits(held["mask"].numpy(), count=count).astype(bool))
+    values = held["values"]
     bits_dtype = _INT[values.element_size()]  # rebuilt bit for bit, which works for every float dtype
     dense = torch.zeros(count, dtype=bits_dtype)
     dense[keep] = values.view(bits_dtype)
-    if plan.negzero:
-        negative = np.unpackbits(f.get_tensor(f"{name}::negzero").numpy(), count=count).astype(bool)
+    if "negzero" in held:
+        negative = np.unpackbits(held["negzero"].numpy(), count=count).astype(bool)
         dense[torch.from_numpy(negative)] = torch.iinfo(bits_dtype).min
     return dense.view(plan.dtype).reshape(plan.shape)
 
