@@ -380,6 +380,10 @@ def test_a_state_of_the_format_before_checksums_still_resumes_with_a_warning():
     with pytest.warns(UserWarning, match="without a checksum"):
         pruner.load_state_dict(state)
     assert pruner.step_count == 5
+    damaged = _saved_midway()
+    damaged["format"] = 2  # one damaged byte must not switch the checksum off
+    with pytest.raises(pdprune.CheckpointError, match="format 2 beside a checksum"):
+        pdprune.prepare(mlp(), config(total=30, warmup=0, ramp=10)).load_state_dict(damaged)
 
 
 def test_a_tampered_gmp_mask_is_refused():

@@ -207,11 +207,18 @@ class Pruner(Generic[ConfigT, TargetT]):
                     "the dict pruner.state_dict() returned, unchanged",
                 )  # fmt: skip
         elif isinstance(state, dict) and state.get("format") == _STATE_FORMAT_WITHOUT_CHECKSUM:
+            if "checksum" in state:  # a newer state whose format was damaged: its checksum still counts
+                raise CheckpointError(
+                    None,
+                    "pruner state",
+                    f"format {_STATE_FORMAT_WITHOUT_CHECKSUM} beside a checksum",
+                    f"{STATE_FORMAT}",
+                )
             warnings.warn(
                 "this pruner state was saved by an earlier pdprune, without a checksum: corruption cannot be "
                 "detected",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=4,
             )
         if (
             not isinstance(state, dict)
