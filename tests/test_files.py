@@ -110,6 +110,7 @@ def byte_damage(draw: st.DrawFn, data: bytes) -> bytes:
 JSON_VALUES = st.one_of(
     st.integers(-(2**40), 2**40),
     st.sampled_from([0, 1, -1, 2**31, 10**12, True, None, 1.5, "", "float64", "int8", "dense", "bitmask"]),
+    st.sampled_from(["F32", "I32", "F64", "I64", "U16", "F16", "BF16", "pdprune-sparse-1", 1, 2]),
     st.text(max_size=8),
     st.lists(st.integers(-2, 2**31), max_size=4),
     st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
@@ -658,3 +659,30 @@ def test_an_edited_pruner_state_is_refused_or_resumes_identically(method_name, d
     except ValueError as error:
         pytest.fail(f"refused with a plain ValueError, not CheckpointError: {error}")
     assert json.dumps(pruner.state_dict(), sort_keys=True) == json.dumps(saved, sort_keys=True)
+
+
+def _one_byte(path: Path, old: bytes, new: bytes) -> None:
+    raw = path.read_bytes()
+    assert raw.count(old) >= 1 and len(old) == len(new)
+    path.write_bytes(raw.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    "name, old, new",
+    [
+        ("m.safetensors", b'"F32"', b'"I32"'),  # a dense tensor's dtype code: same size, other values
+        ("conv/model.safetensors", b'"I64"', b'"F64"'),
+        ("m.sparse.safetensors", b'"pdprune-sparse-2"', b'"pdprune-sparse-1"'),  # a downgrade
+        ("conv/plan.json", b'"format":2', b'"format":1'),
+    ],
+)
+def test_one_damaged_byte_in_a_header_or_format_field_is_refused(tmp_path, name, old, new):
+    shutil.copytree(honest()["folder"], tmp_path / "c", ignore=shutil.ignore_patterns("heads"))  # type: ignore[arg-type]
+    _one_byte(tmp_path / "c" / name, old, new)
+    with pytest.raises(CheckpointError):
+        if name.startswith("conv"):
+            pdprune.load_shrunk(tmp_path / "c" / "conv", ConvNet)
+        elif name == "m.safetensors":
+            load_dense(pruned_mlp(seed=1), tmp_path / "c" / name)
+        else:
+            load_sparse(tmp_path / "c" / name)
