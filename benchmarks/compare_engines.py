@@ -24,12 +24,21 @@ from benchmarks.harness.provenance import REPO, RESULTS, provenance
 from pdprune.io import atomic_write_json, atomic_write_text
 from pdprune.machine import machine_info
 
-RUNS = ["pdp-global", "pdp-tolerance", "pdp-erk", "gmp", "oneshot", "pdp-2:4", "srste-2:4", "pdp-channel",
-        "l1-channel"]
+RUNS = [
+    "pdp-global",
+    "pdp-tolerance",
+    "pdp-erk",
+    "gmp",
+    "oneshot",
+    "pdp-2:4",
+    "srste-2:4",
+    "pdp-channel",
+    "l1-channel",
+]
 
 # Run in a child process with one pdprune source tree first on sys.path; it must only use the
 # public API that both trees share.
-CHILD = r'''
+CHILD = r"""
 import json, sys, time, statistics, torch
 from torch import nn
 sys.path.insert(0, sys.argv[1])
@@ -77,14 +86,19 @@ with warnings.catch_warnings():
     pruner.finalize()
 weights = {k: v.flatten().tolist() for k, v in model.state_dict().items() if v.is_floating_point()}
 print(json.dumps({"median_ms": 1000 * statistics.median(times[steps // 2:]), "weights": weights}))
-'''
+"""
 
 
 def _run(src: str, name: str, steps: int, threads: int, width: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
         script.write(CHILD)
-    done = subprocess.run([sys.executable, script.name, src, name, str(steps), str(threads), str(width)],
-                          capture_output=True, text=True, check=False, cwd=tempfile.gettempdir())
+    done = subprocess.run(
+        [sys.executable, script.name, src, name, str(steps), str(threads), str(width)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tempfile.gettempdir(),
+    )
     Path(script.name).unlink()
     if done.returncode != 0:
         raise RuntimeError(f"{name} with {src} failed:\n{done.stderr[-3000:]}")
@@ -115,26 +129,53 @@ def main(argv: list[str] | None = None) -> int:
         runs_agree = {label: all(w == ws[0] for w in ws) for label, ws in weights.items()}
         identical = sum(w == weights["other"][0] for w in weights["this"])
         this_ms, other_ms = statistics.median(times["this"]), statistics.median(times["other"])
-        rows.append({"run": name, "identical_runs": identical, "runs": args.repeats, "repeatable": runs_agree,
-                     "this_ms": this_ms, "other_ms": other_ms, "ratio": this_ms / other_ms,
-                     "this_runs_ms": times["this"], "other_runs_ms": times["other"]})
-        print(f"{name:14s} weights identical in {identical}/{args.repeats} runs (repeatable here "
-              f"{runs_agree['this']}, there {runs_agree['other']}); step {this_ms:.2f} ms here, "
-              f"{other_ms:.2f} ms there ({this_ms / other_ms:.2f}x)")
-    info = {**provenance("benchmarks.compare_engines", sys.argv[1:] if argv is None else argv),
-            "other_src": args.other, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
-            "machine": machine_info(), "rows": rows}
+        rows.append(
+            {
+                "run": name,
+                "identical_runs": identical,
+                "runs": args.repeats,
+                "repeatable": runs_agree,
+                "this_ms": this_ms,
+                "other_ms": other_ms,
+                "ratio": this_ms / other_ms,
+                "this_runs_ms": times["this"],
+                "other_runs_ms": times["other"],
+            }
+        )
+        print(
+            f"{name:14s} weights identical in {identical}/{args.repeats} runs (repeatable here "
+            f"{runs_agree['this']}, there {runs_agree['other']}); step {this_ms:.2f} ms here, "
+            f"{other_ms:.2f} ms there ({this_ms / other_ms:.2f}x)"
+        )
+    info = {
+        **provenance("benchmarks.compare_engines", sys.argv[1:] if argv is None else argv),
+        "other_src": args.other,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "machine": machine_info(),
+        "rows": rows,
+    }
     folder = RESULTS / "engine"
     atomic_write_json(folder / f"compare_engines_{args.tag}.json", info)
-    lines = [f"# Engine comparison: {args.tag}", "", f"Command: `{info['command']}`",
-             f"Commit: {info['commit']}", f"Compared with: {args.other}", f"Machine: {info['machine']}", "",
-             f"{args.steps} training steps per run, median step time over the second half, median of "
-             f"{args.repeats} interleaved runs per tree.", "",
-             "Each run is a fresh process; the range of the runs' own medians shows how much a process's "
-             "timing varies on this machine.", "",
-             "| run | final weights identical to the other tree's | step here (ms) [range] | "
-             "step there (ms) [range] | ratio |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# Engine comparison: {args.tag}",
+        "",
+        f"Command: `{info['command']}`",
+        f"Commit: {info['commit']}",
+        f"Compared with: {args.other}",
+        f"Machine: {info['machine']}",
+        "",
+        f"{args.steps} training steps per run, median step time over the second half, median of "
+        f"{args.repeats} interleaved runs per tree.",
+        "",
+        "Each run is a fresh process; the range of the runs' own medians shows how much a process's "
+        "timing varies on this machine.",
+        "",
+        "| run | final weights identical to the other tree's | step here (ms) [range] | "
+        "step there (ms) [range] | ratio |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         here = f"{r['this_ms']:.2f} [{min(r['this_runs_ms']):.2f}-{max(r['this_runs_ms']):.2f}]"
         there = f"{r['other_ms']:.2f} [{min(r['other_runs_ms']):.2f}-{max(r['other_runs_ms']):.2f}]"

@@ -409,11 +409,7 @@ def run_accuracy(
         "setup": asdict(setup),
         "setup_text": (
             f"warm-up {setup.warmup:.0%} of steps, ramp {setup.ramp:.0%} ("
-            + (
-                f"{setup.ramp_shape} for every method"
-                if setup.ramp_shape
-                else "PDP linear, GMP cubic"
-            )
+            + (f"{setup.ramp_shape} for every method" if setup.ramp_shape else "PDP linear, GMP cubic")
             + " with "
             f"{setup.gmp_refreshes} mask refreshes, one-shot at the end of warm-up; "
             f"{channel_ramp}for N:M PDP ramps each group's threshold from 0, SR-STE and one-shot apply N:M "

@@ -13,7 +13,16 @@ from typing import Any, Literal
 
 from torch import nn
 
-from pdprune import DEFAULT_TAU, DEFAULT_WEIGHT_SETTLE, NM, PDP, Channels, PruneConfig, Schedule
+from pdprune import (
+    DEFAULT_RELATIVE_TAU,
+    DEFAULT_TAU,
+    DEFAULT_WEIGHT_SETTLE,
+    NM,
+    PDP,
+    Channels,
+    PruneConfig,
+    Schedule,
+)
 from pdprune.baselines import GMP, SRSTE, L1Channel, OneShot
 
 __all__ = ["BUDGETS", "CHANNEL_RAMP", "METHODS", "MethodSpec", "PruningSetup", "nm_sparsity"]
@@ -127,6 +136,15 @@ METHODS: dict[str, MethodSpec] = {
         lambda setup, ramp: PDP(),
         nm=True,
         temperature={"tau": DEFAULT_TAU, "settle": None},
+    ),
+    # The new relative temperature without settling: compared with "pdp" and "pdp-tau1e-4" it tells
+    # which of the two changes a result comes from.
+    "pdp-nosettle": MethodSpec(
+        "pdp-nosettle",
+        "linear",
+        lambda setup, ramp: PDP(),
+        nm=True,
+        temperature={"relative_tau": DEFAULT_RELATIVE_TAU, "settle": None},
     ),
     # PDP with t reused within a 1% count tolerance (the default selects t exactly at every step);
     # compared with "pdp" it measures what the tolerance costs in accuracy.
