@@ -114,7 +114,9 @@ def test_methods_share_budget_settings_and_differ_in_rule_and_ramp():
     assert configs["gmp"].method == GMP(refreshes=10) and configs["gmp"].schedule.shape == "cubic"
     assert isinstance(configs["oneshot"].method, OneShot)
     nm = {name: spec.config(0.95, 1000, setup, pattern="2:4") for name, spec in METHODS.items() if spec.nm}
-    assert set(nm) == {"pdp", "pdp-tau1e-4", "oneshot", "srste"}
+    assert set(nm) == {"pdp", "pdp-tau1e-4", "pdp-nosettle", "oneshot", "srste"}
+    soft = configs["pdp-nosettle"]
+    assert soft.settle is None and soft.relative_tau == configs["pdp"].relative_tau and soft.tau is None
     assert {(c.sparsity, str(c.pattern), c.indivisible, c.schedule.warmup_steps) for c in nm.values()} == {
         (0.5, "2:4", "dense", 100)
     }
