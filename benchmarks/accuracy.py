@@ -214,6 +214,14 @@ def grid_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the dense runs (for ablations whose dense reference is already measured)",
     )
+    parser.add_argument(
+        "--dense-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep MiniLM's dense runs (and teachers) in DIR and reuse them in later invocations with "
+        "the same settings, seed, versions and machine; their rows say from_cache",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -274,6 +282,7 @@ def run_grid(args: argparse.Namespace, command: str) -> Path:
         image_lr=args.lr,
         pretrain_epochs=args.pretrain_epochs or 0,
         pretrain_lr=args.pretrain_lr,
+        dense_cache=args.dense_cache,
     )
     plan = build_plan(args.tasks, settings, quick=args.quick)
     grid = AccuracyGrid(

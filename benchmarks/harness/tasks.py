@@ -31,6 +31,7 @@ class RunOutcome:
     achieved_sparsity: float
     seconds: float
     steps: int
+    from_cache: bool = False  # a dense run read from an earlier invocation's cache (seconds as measured then)
 
 
 class Task(Protocol):

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmarks.harness.data.rotten_tomatoes import TextSplit, load_rotten_tomatoes
+from benchmarks.harness.dense_cache import DenseCache
 from benchmarks.harness.tasks import ConfigFor, RunOutcome, is_channel
 from pdprune import prepare
 
@@ -49,6 +50,7 @@ class MiniLMTask:
     # set). Tasks built with one shared dict train each dense model once.
     dense_runs: dict[int, tuple[RunOutcome, torch.Tensor | None]] = field(default_factory=dict, repr=False)
     keep_teacher: bool = False
+    dense_cache: DenseCache | None = field(default=None, repr=False)  # dense runs of earlier invocations
 
     @property
     def name(self) -> str:
@@ -115,9 +117,13 @@ class MiniLMTask:
 
         train, test = self.encoded
         teacher = None
+        if config_for is None and seed not in self.dense_runs and self.dense_cache is not None:
+            stored = self.dense_cache.get(self._dense_settings(), seed)
+            if stored is not None:
+                self.dense_runs[seed] = stored
         if config_for is None and seed in self.dense_runs:
             cached, logits = self.dense_runs[seed]
-            if logits is not None or not self.distill:
+            if logits is not None or not (self.distill or self.keep_teacher):
                 return cached
         if self.distill and config_for is not None:
             if seed not in self.dense_runs or self.dense_runs[seed][1] is None:
@@ -171,4 +177,11 @@ class MiniLMTask:
         if config_for is None:
             logits = self._logits(model, train) if self.distill or self.keep_teacher else None
             self.dense_runs[seed] = (outcome, logits)
+            if self.dense_cache is not None:
+                self.dense_cache.put(self._dense_settings(), seed, outcome, logits)
         return outcome
+
+    def _dense_settings(self) -> dict[str, object]:
+        """What a dense run depends on (distillation only changes the pruned runs)."""
+        settings = {k: v for k, v in self.describe().items() if k not in ("task", "distillation")}
+        return settings | {"max_length": self.max_length}
