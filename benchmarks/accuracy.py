@@ -183,6 +183,13 @@ def grid_parser() -> argparse.ArgumentParser:
         "convolution (expansion); several give one run each",
     )
     parser.add_argument(
+        "--settle",
+        type=lambda text: None if text == "none" else argtypes.settle_fraction(text),
+        default=PruningSetup().settle,
+        help="fraction of the steps after the ramp over which PDP's weight masks harden, or none "
+        f"to keep them soft until hardening (default {PruningSetup().settle})",
+    )
+    parser.add_argument(
         "--channel-settle",
         type=argtypes.settle_fraction,
         default=Channels().settle,
@@ -296,6 +303,7 @@ def run_grid(args: argparse.Namespace, command: str) -> Path:
             ramp_shape=args.ramp_shape,
             channel_tau=args.channel_tau,
             channel_settle=args.channel_settle,
+            settle=args.settle,
             ramp=args.ramp,
             channel_ramp=args.channel_ramp,
         ),
