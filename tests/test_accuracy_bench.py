@@ -246,7 +246,7 @@ def test_merge_combines_budget_axes_and_keeps_dense_once(tmp_path):
                 str(tmp_path / "a.json"),
                 str(tmp_path / "b.json"),
                 "--tag",
-                "all",
+                "all0.5",  # a dot in a tag is kept, not taken for a suffix
                 "--out",
                 str(tmp_path),
                 "--note",
@@ -255,6 +255,8 @@ def test_merge_combines_budget_axes_and_keeps_dense_once(tmp_path):
         )
         == 0
     )
+    for suffix in ("md", "json", "png"):
+        (tmp_path / f"accuracy_all0.5.{suffix}").rename(tmp_path / f"accuracy_all.{suffix}")
     assert "## Notes\n\n- global budgets collapse here" in (tmp_path / "accuracy_all.md").read_text()
     merged = json.loads((tmp_path / "accuracy_all.json").read_text())
     assert len(merged["rows"]) == 6 and merged["grid"]["methods"] == ["pdp", "gmp"]

@@ -483,9 +483,9 @@ def run_accuracy(
                 result["tasks"][-1].update(task.describe())
                 result["cells"] = summarise(result["rows"])
                 result["wall_seconds"] = time.time() - started
-                atomic_write_json(stem.with_suffix(".json"), result)
-                atomic_write_text(stem.with_suffix(".md"), _markdown(result))
-    _plot(result, stem.with_suffix(".png"))
+                atomic_write_json(_beside(stem, ".json"), result)
+                atomic_write_text(_beside(stem, ".md"), _markdown(result))
+    _plot(result, _beside(stem, ".png"))
     return result
 
 
@@ -558,10 +558,15 @@ def merge_results(
         "notes": [*first.get("notes", []), *notes],
     }
     stem = Path(out_dir) / f"accuracy_{tag}"
-    atomic_write_json(stem.with_suffix(".json"), merged)
-    atomic_write_text(stem.with_suffix(".md"), _markdown(merged))
-    _plot(merged, stem.with_suffix(".png"))
+    atomic_write_json(_beside(stem, ".json"), merged)
+    atomic_write_text(_beside(stem, ".md"), _markdown(merged))
+    _plot(merged, _beside(stem, ".png"))
     return merged
+
+
+def _beside(stem: Path, suffix: str) -> Path:
+    """``stem`` + ``suffix``: a tag may hold dots ("settle0.5"), which with_suffix would cut."""
+    return stem.with_name(stem.name + suffix)
 
 
 def _comparable(value: Any) -> Any:
