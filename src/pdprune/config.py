@@ -110,7 +110,8 @@ class PruneConfig(metaclass=_BuildsForPattern):
         method: the masking rule; :class:`pdprune.PDP` by default, or a baseline from
             :mod:`pdprune.baselines` run under the same schedule and budgets.
         filter_fn: ``(module, fqn) -> bool`` choosing the modules whose weights are pruned.
-            Default: Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d.
+            Default: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d and transformers' GPT-2 ``Conv1D``.
+            A weight tied to another module (an LM head and its input embedding) is masked in every use.
         include / exclude: regexes searched in module names (``re.search``); a module is pruned
             if the filter accepts it, it matches some ``include`` (when given) and no ``exclude``.
     """

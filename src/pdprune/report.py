@@ -44,6 +44,12 @@ class PruneReport:
     extra: dict[str, Any] = field(default_factory=dict)
     pattern: str = "unstructured"
     removed: bool = False  # the masks were removed without hardening: measured on the dense weights
+    # Module type -> (layers, parameters) of the weight matrices left whole: embeddings, and layer
+    # types the filter does not choose.
+    unpruned_types: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    #: A type left whole gets a line in the text report from this share of the model's parameters.
+    NOTABLE_SHARE = 0.1
 
     @property
     def pruned_params(self) -> int:
@@ -78,6 +84,10 @@ class PruneReport:
             "removed": self.removed,
             "step": self.step,
             "layers": [asdict(layer) | {"shape": list(layer.shape)} for layer in self.layers],
+            "unpruned_types": {
+                kind: {"layers": count, "params": params}
+                for kind, (count, params) in self.unpruned_types.items()
+            },
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -126,6 +136,13 @@ class PruneReport:
                 "(t^2 / (2 tau), last step in force)"
             )
         body += [f"{layer.name}: {layer.note}" for layer in self.layers if layer.note]
+        for kind, (count, params) in self.unpruned_types.items():
+            if params >= self.NOTABLE_SHARE * self.model_params:
+                body.append(
+                    f"not pruned: {count} {kind} layer(s), {params:,} parameters "
+                    f"({params / self.model_params:.1%} of the model); the filter leaves them out "
+                    "(filter_fn= chooses the layers)"
+                )
         kept = self.model_params - self.removed_params
         body.append(
             f"whole model: {self.model_params:,} parameters, {kept:,} nonzero "

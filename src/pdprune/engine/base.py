@@ -33,8 +33,9 @@ MASKS_BYPASSED = (
     "pruner.step(). Either the forward bypassed pdprune's hooks, which happens with torch.compile when "
     "the model (or another instance of its class) was compiled before pdprune.prepare(): compile after "
     "prepare() in a fresh process, or set torch._dynamo.config.skip_nnmodule_hook_guards = False before "
-    "compiling; or the weights were updated without a forward in training mode (model.train()) since "
-    "the last step: call step() once per optimizer step, after the training forward and backward."
+    "compiling; or the weights were updated without a training forward (one in training mode or with "
+    "autograd on) since the last step: call step() once per optimizer step, after the forward and "
+    "backward."
 )
 
 TargetT = TypeVar("TargetT")

@@ -18,7 +18,13 @@ from pdprune.engine.base import MaskInTraining, Pruner
 from pdprune.engine.collective import shared_values
 from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count
 from pdprune.patterns.specs import reduction_dim, reduction_group_size
-from pdprune.patterns.weights import WeightHook, WeightTarget, default_filter, select_weights
+from pdprune.patterns.weights import (
+    WeightHook,
+    WeightTarget,
+    default_filter,
+    select_weights,
+    unselected_layer_types,
+)
 from pdprune.report import LayerReport, PruneReport
 from pdprune.schedule import settle_fraction
 
@@ -95,6 +101,7 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
             step=self.step_count,
             pattern=str(self.config.pattern),
             removed=self.removed,
+            unpruned_types=unselected_layer_types(self.model, list(self.targets.values())),
         )
 
     # ----------------------------------------------------------------- engine hooks
@@ -228,7 +235,8 @@ class NMPruner(WeightPruner):
             if target.name in indivisible:
                 dim = indivisible[target.name][0]
                 target.nm, target.fixed = None, 0.0
-                target.note = f"left dense: {nm} needs size along dim {dim} divisible by {nm.m}"
+                dense = f"left dense: {nm} needs size along dim {dim} divisible by {nm.m}"
+                target.note = f"{dense}; {target.note}" if target.note else dense
 
     def _budget_values(self, targets: list[WeightTarget]) -> list[float]:
         return [self.config.sparsity if t.fixed is None else t.fixed for t in targets]

@@ -87,7 +87,7 @@ class ChannelHook(ParameterSwapHook):
         self.calls = 0  # training forwards of this producer
 
     def masked_parameters(self, module: nn.Module) -> dict[str, torch.Tensor] | None:
-        if not self._enter(module.training):
+        if not self._enter(module.training or torch.is_grad_enabled()):
             return None
         m = self.member.stacked(self.target.group.expand(self.mask()))
         swapped = {}
@@ -101,7 +101,8 @@ class ChannelHook(ParameterSwapHook):
 
     @torch.compiler.disable
     def _enter(self, training: bool) -> bool:
-        """Count a training call; True when a mask is in force."""
+        """Count a call that can train (training mode, or autograd on: a model that
+        from_pretrained left in eval mode still trains); True when a mask is in force."""
         if training:
             self.calls += 1
             self.target.calls += 1

@@ -18,6 +18,7 @@ __all__ = [
     "Channels",
     "Pattern",
     "Unstructured",
+    "is_transformers_conv1d",
     "parse_pattern",
     "reduction_dim",
     "reduction_group_size",
@@ -196,11 +197,17 @@ def parse_pattern(value: str | Pattern | None) -> Pattern:
     raise ValueError(f"pattern must be 'unstructured', 'N:M' such as '2:4', or 'channel', got {value!r}")
 
 
+def is_transformers_conv1d(module: nn.Module) -> bool:
+    """True for transformers' GPT-2 style ``Conv1D``: a Linear whose weight is stored (in, out).
+    Recognised by shape rather than import, so pdprune never needs transformers installed."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+
+
 def reduction_dim(module: nn.Module) -> int | None:
     """The weight dimension a layer sums over: input features/channels. Dim 1 for Linear and
     convolutions, dim 0 for transposed convolutions (weight (in, out/groups, *kernel)) and for
     transformers' GPT-2 style ``Conv1D`` (weight (in, out)); None for a type it cannot know."""
-    if isinstance(module, _TRANSPOSED) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf")):
+    if isinstance(module, _TRANSPOSED) or is_transformers_conv1d(module):
         return 0
     if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return 1

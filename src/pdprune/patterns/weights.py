@@ -13,7 +13,7 @@ from torch import nn
 
 from pdprune.functional import hard_mask, keep_count, nm_hard_mask, nm_threshold
 from pdprune.patterns.hooks import ParameterSwapHook
-from pdprune.patterns.specs import NM
+from pdprune.patterns.specs import NM, is_transformers_conv1d
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
@@ -22,6 +22,7 @@ __all__ = [
     "default_filter",
     "replaced",
     "select_weights",
+    "unselected_layer_types",
 ]
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
@@ -36,8 +37,9 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 
 
 def default_filter(module: nn.Module, fqn: str) -> bool:
-    """Linear and convolution layers (grouped, depthwise and transposed included)."""
-    return isinstance(module, DEFAULT_LAYER_TYPES)
+    """Linear and convolution layers (grouped, depthwise and transposed included), and the
+    ``Conv1D`` projections of transformers' GPT-2 family, which are Linear layers stored (in, out)."""
+    return isinstance(module, DEFAULT_LAYER_TYPES) or is_transformers_conv1d(module)
 
 
 @dataclass
@@ -109,7 +111,7 @@ class WeightHook(ParameterSwapHook):
         self.masked = masked
 
     def masked_parameters(self, module: nn.Module) -> dict[str, torch.Tensor] | None:
-        if not self._enter(module.training):
+        if not self._enter(module.training or torch.is_grad_enabled()):
             return None
         return {"weight": self.masked(module._parameters["weight"])}  # type: ignore[arg-type]
 
@@ -117,7 +119,8 @@ class WeightHook(ParameterSwapHook):
     # that grows every ramp step would otherwise be guarded on and recompile the graph each step.
     @torch.compiler.disable
     def _enter(self, training: bool) -> bool:
-        """Count a training call; True when a mask is in force."""
+        """Count a call that can train (training mode, or autograd on: a model that
+        from_pretrained left in eval mode still trains); True when a mask is in force."""
         if training:
             self.target.calls += 1
         return not self.target.unpruned_now()
@@ -169,7 +172,8 @@ def select_weights(
     if not candidates:
         raise ValueError(
             f"{type(model).__name__} has no prunable layer: no module with a 'weight' parameter is "
-            f"accepted by the filter (default: Linear, Conv1d/2d/3d, ConvTranspose). Pass "
+            "accepted by the filter (default: Linear, Conv1d/2d/3d, ConvTranspose, transformers' Conv1D). "
+            "Pass "
             f"filter_fn=lambda module, name: ... to choose other layers."
         )
     names = [fqn for fqn, _ in candidates]
@@ -200,6 +204,7 @@ def select_weights(
             continue
         entry = by_parameter.setdefault(id(weight), WeightTarget(name=f"{fqn}.weight" if fqn else "weight"))
         entry.users.append((fqn, module))
+    _add_tied_users(model, by_parameter)
     if not by_parameter:
         if empty and len(empty) == len(names):
             raise ValueError(
@@ -207,6 +212,45 @@ def select_weights(
             )
         raise ValueError(f"include/exclude leave no layer to prune out of {len(names)}: {_listing(names)}")
     return list(by_parameter.values())
+
+
+def _add_tied_users(model: nn.Module, by_parameter: dict[int, WeightTarget]) -> None:
+    """Make every other module that holds a selected weight (a tied embedding, say) a user of
+    its target, so it computes with the same mask in training as the pruned layer does.
+    Otherwise it would train on the dense tensor and meet the zeros only at finalize()."""
+    for fqn, module in model.named_modules():
+        for name, parameter in module._parameters.items():
+            target = by_parameter.get(id(parameter)) if parameter is not None else None
+            if target is None or any(user is module for _, user in target.users):
+                continue
+            where = f"{fqn}.{name}" if fqn else name
+            if name != "weight":
+                raise ValueError(
+                    f"{target.name} is tied to {where} ({type(module).__name__}), which holds it under "
+                    f"another name, so pdprune cannot mask it there too. Leave the layer out with "
+                    f"exclude=[{target.users[0][0]!r}], or untie the weights."
+                )
+            target.users.append((fqn, module))
+            tied = f"tied to {where} ({type(module).__name__}), masked there too"
+            target.note = f"{target.note}; {tied}" if target.note else tied
+
+
+def unselected_layer_types(model: nn.Module, targets: Sequence[WeightTarget]) -> dict[str, tuple[int, int]]:
+    """Module type -> (layers, parameters) of the modules with a weight matrix that no target
+    covers (embeddings, layer types the filter rejects), so a report can say what was left whole."""
+    covered = {id(t.parameter) for t in targets}
+    counted: set[int] = set()
+    found: dict[str, tuple[int, int]] = {}
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        if weight is None or isinstance(weight, nn.parameter.UninitializedParameter) or weight.dim() < 2:
+            continue
+        if id(weight) in covered or id(weight) in counted:
+            continue
+        counted.add(id(weight))
+        layers, params = found.get(type(module).__name__, (0, 0))
+        found[type(module).__name__] = (layers + 1, params + weight.numel())
+    return found
 
 
 def _listing(names: list[str], limit: int = 12) -> str:
