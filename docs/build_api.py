@@ -13,6 +13,7 @@ from pathlib import Path
 import pdprune
 import pdprune.baselines
 import pdprune.export
+import pdprune.hf
 
 PAGE = Path(__file__).with_name("api.md")
 SECTIONS = [
@@ -38,6 +39,7 @@ SECTIONS = [
         ["Method", "PDP", "baselines.GMP", "baselines.OneShot", "baselines.SRSTE", "baselines.L1Channel"],
     ),
     ("Reports", ["PruneReport", "LayerReport", "ChannelReport"]),
+    ("Hugging Face (the `hf` extra)", ["hf.PruningCallback"]),
     (
         "Exports",
         [

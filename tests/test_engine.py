@@ -117,7 +117,7 @@ def test_no_import_cycles_and_layers_import_only_from_below():
         ("config",),
         ("engine",),
         ("api",),
-        ("export", "latency", "__init__"),
+        ("export", "latency", "__init__", "hf"),
         ("bench", "demo", "cli", "argtypes"),
     ]
 

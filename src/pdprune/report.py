@@ -140,8 +140,8 @@ class PruneReport:
             if params >= self.NOTABLE_SHARE * self.model_params:
                 body.append(
                     f"not pruned: {count} {kind} layer(s), {params:,} parameters "
-                    f"({params / self.model_params:.1%} of the model); the filter leaves them out "
-                    "(filter_fn= chooses the layers)"
+                    f"({params / self.model_params:.1%} of the model); filter_fn, include and exclude "
+                    "choose the layers"
                 )
         kept = self.model_params - self.removed_params
         body.append(

@@ -1,0 +1,15 @@
+"""Hugging Face transformers integration: prune inside ``Trainer`` with :class:`PruningCallback`.
+
+Needs the ``hf`` extra (``pip install 'pdprune[hf]'``: transformers and accelerate).
+"""
+
+from __future__ import annotations
+
+try:
+    import transformers  # noqa: F401
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError("pdprune.hf needs Hugging Face transformers: pip install 'pdprune[hf]'") from error
+
+from pdprune.hf.callback import PruningCallback
+
+__all__ = ["PruningCallback"]

@@ -1,0 +1,174 @@
+"""pdprune.hf.PruningCallback in a real transformers Trainer (tiny GPT-2, CPU, offline)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import pdprune
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from pdprune.hf import PruningCallback  # noqa: E402
+from pdprune.hf.callback import STATE_FILE  # noqa: E402
+
+VOCAB, WIDTH, CONTEXT = 64, 32, 16
+STEPS = 12
+
+
+def tiny_gpt2() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=CONTEXT, n_embd=WIDTH, n_layer=2, n_head=2, n_inner=64
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+class Tokens(torch.utils.data.Dataset):
+    def __init__(self, count: int = 64) -> None:
+        generator = torch.Generator().manual_seed(3)
+        self.ids = torch.randint(0, VOCAB, (count, CONTEXT), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[index], "labels": self.ids[index]}
+
+
+def arguments(out: Path, **overrides) -> transformers.TrainingArguments:
+    settings = {
+        "output_dir": str(out),
+        "max_steps": STEPS,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "learning_rate": 1e-3,
+        "logging_steps": 2,
+        "save_steps": 6,
+        "report_to": [],
+        "use_cpu": True,
+        "seed": 0,
+        "disable_tqdm": True,
+    }
+    return transformers.TrainingArguments(**(settings | overrides))
+
+
+def config(**schedule) -> pdprune.PruneConfig:
+    # total_steps is a placeholder: the callback takes the Trainer's max_steps
+    plan = {"warmup": 0.25, "ramp": 0.5} | schedule
+    return pdprune.PruneConfig(sparsity=0.5, budget="uniform", schedule=pdprune.Schedule(1000, **plan))
+
+
+def trainer_for(model, out: Path, callback: PruningCallback, **overrides) -> transformers.Trainer:
+    trainer = transformers.Trainer(model=model, args=arguments(out, **overrides), train_dataset=Tokens())
+    callback.attach(trainer)
+    return trainer
+
+
+def pruned_weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_prunes_per_optimizer_step_and_saves_the_zeros(tmp_path: Path) -> None:
+    model = tiny_gpt2()
+    callback = PruningCallback(config())
+    trainer = trainer_for(model, tmp_path / "run", callback)
+    trainer.train()
+    pruner = callback.pruner
+    assert pruner is not None and pruner.finalized
+    # 12 optimizer steps of 2 micro-batches each: the pruner stepped once per optimizer step
+    assert pruner.step_count == STEPS
+    assert pruner.config.schedule.total_steps == STEPS and pruner.config.schedule.warmup_steps == 3
+    assert callback.report.achieved_sparsity == pytest.approx(0.5, abs=1e-3)
+
+    trainer.save_model(str(tmp_path / "final"))
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "final"))
+    for layer in callback.report.layers:
+        weight = reloaded.get_parameter(layer.name)
+        assert float(weight.eq(0).float().mean()) == pytest.approx(0.5, abs=1e-3), layer.name
+
+    for step in (6, 12):
+        state = json.loads((tmp_path / "run" / f"checkpoint-{step}" / STATE_FILE).read_text())
+        assert state["step"] == step
+
+
+def test_sparsity_in_force_reaches_the_loggers(tmp_path: Path) -> None:
+    seen: list[dict[str, float]] = []
+
+    class Logger(transformers.TrainerCallback):  # stands in for a report_to integration
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs or {}))
+
+    model = tiny_gpt2()
+    trainer = transformers.Trainer(
+        model=model, args=arguments(tmp_path, save_steps=100), train_dataset=Tokens(), callbacks=[Logger()]
+    )
+    PruningCallback(config(), log_layers=True).attach(trainer)
+    trainer.train()
+    training_logs = [logs for logs in seen if "loss" in logs]
+    sparsity = [logs["pdprune/sparsity"] for logs in training_logs]
+    assert len(sparsity) == STEPS // 2
+    assert sparsity[0] == 0.0 and sparsity[-1] == pytest.approx(0.5, abs=1e-3)
+    assert sparsity == sorted(sparsity)
+    last = training_logs[-1]
+    assert last["pdprune/max_gain"] > 0
+    assert last["pdprune/threshold/transformer.h.0.mlp.c_fc.weight"] > 0
+    # and trainer_state.json keeps them with the loss
+    kept = [logs["pdprune/sparsity"] for logs in trainer.state.log_history if "loss" in logs]
+    assert kept == sparsity
+
+
+def test_resume_from_a_checkpoint_is_bit_identical(tmp_path: Path) -> None:
+    whole_model = tiny_gpt2()
+    trainer_for(whole_model, tmp_path / "whole", PruningCallback(config())).train()
+    whole = pruned_weights(whole_model)
+
+    # a run interrupted after step 6: its output folder holds only checkpoint-6
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "whole" / "checkpoint-6", resumed_dir / "checkpoint-6")
+    resumed_model = tiny_gpt2()
+    callback = PruningCallback(config())
+    trainer_for(resumed_model, resumed_dir, callback).train(resume_from_checkpoint=True)
+    assert callback.pruner is not None and callback.pruner.step_count == STEPS
+    resumed = pruned_weights(resumed_model)
+    for name, weight in whole.items():
+        assert torch.equal(weight, resumed[name]), name
+
+
+def test_resume_without_the_pruner_state_is_refused(tmp_path: Path) -> None:
+    trainer_for(tiny_gpt2(), tmp_path / "whole", PruningCallback(config())).train()
+    (tmp_path / "whole" / "checkpoint-6" / STATE_FILE).unlink()
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "whole" / "checkpoint-6", resumed_dir / "checkpoint-6")
+    trainer = trainer_for(tiny_gpt2(), resumed_dir, PruningCallback(config()))
+    with pytest.raises(FileNotFoundError, match=r"resuming at step 6.*pdprune_pruner\.json"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_load_best_model_at_end_is_refused(tmp_path: Path) -> None:
+    args = arguments(
+        tmp_path,
+        load_best_model_at_end=True,
+        eval_strategy="steps",
+        eval_steps=6,
+        metric_for_best_model="loss",
+    )
+    trainer = transformers.Trainer(
+        model=tiny_gpt2(), args=args, train_dataset=Tokens(), eval_dataset=Tokens(8)
+    )
+    PruningCallback(config()).attach(trainer)
+    with pytest.raises(ValueError, match="load_best_model_at_end"):
+        trainer.train()
+
+
+def test_a_schedule_in_steps_that_does_not_fit_the_run_is_refused(tmp_path: Path) -> None:
+    trainer = trainer_for(tiny_gpt2(), tmp_path, PruningCallback(config(warmup=10, ramp=10)))
+    with pytest.raises(ValueError, match=r"runs 12 optimizer steps.*fractions"):
+        trainer.train()
