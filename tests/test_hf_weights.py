@@ -184,3 +184,43 @@ def test_report_names_a_layer_type_left_out_that_holds_much_of_the_model() -> No
     report = pdprune.prepare(small, pdprune.PruneConfig(sparsity=0.5, schedule=pdprune.Schedule(4))).report()
     assert "not pruned" not in report.to_text()
     assert report.to_dict()["unpruned_types"] == {"Embedding": {"layers": 1, "params": 8}}
+
+
+def test_channel_pruning_takes_a_tokenizer_batch_and_says_why_the_hidden_size_stays_in_one_line() -> None:
+    torch.manual_seed(0)
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
+        )
+    )
+    ids = torch.randint(0, 100, (2, 16))
+    batch = transformers.BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    config = pdprune.PruneConfig(sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(10, ramp=0.2))
+    pruner = pdprune.prepare(bert, config, example_inputs=batch)
+    assert pruner.example_spec["dict"].keys() == {"input_ids", "attention_mask"}
+    (hidden,) = [why for why in pruner.skipped.values() if "LayerNorm" in why]
+    assert hidden.count("normalises across channels") == 1 and "(5 layers:" in hidden
+    assert hidden.count("cannot be channel-pruned") == 1 and "(3 layers:" in hidden
+
+
+def test_channel_tracing_of_a_decoder_runs_without_its_key_value_cache() -> None:
+    torch.manual_seed(0)
+    llama = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=64,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=32,
+        )
+    )
+    assert llama.config.use_cache
+    ids = torch.randint(0, 64, (2, 16))
+    config = pdprune.PruneConfig(sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(10, ramp=0.2))
+    pruner = pdprune.prepare(llama, config, example_inputs=ids)
+    # the cache's keys and values would otherwise count as model outputs, pinning k_proj and v_proj
+    assert not any("model output" in why for name, why in pruner.skipped.items() if "_proj" in name)
+    mlp = {m.name for g in pruner.groups.values() for m in g.members}
+    assert {"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"} <= mlp

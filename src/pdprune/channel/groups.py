@@ -12,6 +12,7 @@ channels follow; they are shrunk on removal and need no mask).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -235,11 +236,24 @@ def member_for(name: str, module: nn.Module) -> ChannelMember | str:
 
 
 def call_model(model: nn.Module, example_inputs: Any) -> Any:
+    """Call ``model`` on example inputs as pdprune traces it: a dict is keyword arguments, a
+    tuple/list positional ones. A model with a key/value cache (Hugging Face decoders) runs
+    without it, so the outputs are the model's tensors, not the cache it would hand back."""
+    extra = {"use_cache": False} if _has_cache_switch(model) else {}
     if isinstance(example_inputs, dict):
-        return model(**example_inputs)
+        return model(**{**example_inputs, **extra})
     if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
+        return model(*example_inputs, **extra)
+    return model(example_inputs, **extra)
+
+
+def _has_cache_switch(model: nn.Module) -> bool:
+    if getattr(getattr(model, "config", None), "use_cache", None) is None:
+        return False
+    try:
+        return "use_cache" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def flatten_outputs(value: Any) -> list[torch.Tensor]:

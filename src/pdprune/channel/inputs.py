@@ -3,11 +3,22 @@ traced again on inputs of the same form when it is loaded."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-__all__ = ["build_inputs", "input_spec", "one_batch"]
+__all__ = ["build_inputs", "input_spec", "one_batch", "plain_inputs"]
+
+
+def plain_inputs(value: Any) -> Any:
+    """Example inputs with every mapping made a plain dict: a tokenizer's ``BatchEncoding`` is a
+    mapping of keyword arguments, not a dict."""
+    if isinstance(value, Mapping):
+        return {key: plain_inputs(item) for key, item in value.items()}
+    if type(value) in (tuple, list):
+        return type(value)(plain_inputs(item) for item in value)
+    return value
 
 
 def input_spec(value: Any) -> Any:

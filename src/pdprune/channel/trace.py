@@ -52,6 +52,27 @@ def _output_layers(model: nn.Module, example_inputs: Any) -> set[nn.Module]:
     return found
 
 
+def _why_left_alone(reasons: list[str], shown: int = 3) -> str:
+    """The reasons a group is left alone in one line: a reason that many layers give ("LayerNorm
+    normalises across channels", as in every transformer block) is said once, with the layers."""
+    layers_for: dict[str, list[str]] = {}
+    for reason in dict.fromkeys(reasons):
+        name, colon, why = reason.partition(": ")
+        key, layer = (why, name) if colon and " " not in name else (reason, "")
+        layers_for.setdefault(key, []).append(layer)
+    parts = []
+    for why, layers in layers_for.items():
+        named = [layer for layer in layers if layer]
+        if not named:
+            parts.append(why)
+        elif len(named) == 1:
+            parts.append(f"{named[0]}: {why}")
+        else:
+            more = f" and {len(named) - shown} more" if len(named) > shown else ""
+            parts.append(f"{why} ({len(named)} layers: {', '.join(named[:shown])}{more})")
+    return "; ".join(parts)
+
+
 def trace(model: nn.Module, example_inputs: Any) -> Any:
     """Torch-Pruning's dependency graph of ``model``, traced by calling it as pdprune does (a
     tensor is one argument, a tuple/list positional arguments, a dict keyword arguments), with
@@ -184,7 +205,7 @@ def find_channel_groups(
         if {m.name for m in members} & claimed_out or set(consumers) & claimed_in:
             continue  # a declared group (or attention heads) covers these layers
         if reasons or not any(m.scored for m in members):
-            skipped[root_name] = "; ".join(dict.fromkeys(reasons)) or "no prunable weights"
+            skipped[root_name] = _why_left_alone(reasons) or "no prunable weights"
             continue
         channels = len(root_item.idxs)
         per_channel = {name: max(1, count // channels) for name, count in consumers.items()}

@@ -18,7 +18,7 @@ from torch import nn
 
 from pdprune.channel.costs import LayerCost, measure_costs, solve_keep
 from pdprune.channel.groups import ChannelGroup, Removal, zero_channels
-from pdprune.channel.inputs import input_spec
+from pdprune.channel.inputs import input_spec, plain_inputs
 from pdprune.channel.report import ChannelLayerReport, ChannelReport
 from pdprune.channel.trace import find_channel_groups
 from pdprune.config import ChannelConfig
@@ -38,6 +38,7 @@ class ChannelPruner(Pruner[ChannelConfig, ChannelTarget]):
 
     def __init__(self, model: nn.Module, config: ChannelConfig, example_inputs: Any) -> None:
         pattern = config.pattern
+        example_inputs = plain_inputs(example_inputs)
         self.example_spec = input_spec(example_inputs)  # fails now, not after training, if it cannot be saved
         self.graph, groups, self.skipped = find_channel_groups(
             model,
