@@ -261,6 +261,15 @@ def test_declared_head_counts_must_match_what_the_group_recorded(tmp_path):
         pdprune.load_shrunk(folder2, HeadNet)
 
 
+def test_a_head_count_the_group_records_cannot_be_dropped_from_the_plan(tmp_path):
+    # Without it the model keeps its old head count over fewer channels: same weights, other outputs.
+    folder = tmp_path / "heads"
+    shutil.copytree(honest()["folder"] / "heads", folder)  # type: ignore[operator]
+    _edit_plan(folder, lambda plan: plan["declared"]["attributes"].pop("heads"))
+    with pytest.raises(CheckpointError, match=r"declared\.attributes\.heads: missing; expected 2"):
+        pdprune.load_shrunk(folder, HeadNet)
+
+
 def test_example_inputs_are_one_example_and_capped(tmp_path):
     pruner = shrunk("conv")
     pdprune.save_shrunk(pruner, tmp_path / "m")

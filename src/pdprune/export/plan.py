@@ -294,6 +294,14 @@ def check_attributes(plan: Plan, modules: dict[str, nn.Module]) -> Before:
         for key, kind in group["counts"].items():
             factor = 1 if kind == "units" else group["width"]
             named[key] = (group["units"] * factor, group["kept"] * factor, group)
+    for key, (units, kept, group) in named.items():
+        if kept < units and key not in plan.attributes:
+            raise CheckpointError(
+                plan.path,
+                f"declared.attributes.{key}",
+                "missing",
+                f"{kept}, the size group {group['name']!r} records after its removals",
+            )
     for key, size in plan.attributes.items():
         field = f"declared.attributes.{key}"
         owner_name, _, attribute = key.rpartition(".")
