@@ -39,7 +39,7 @@ SECTIONS = [
         ["Method", "PDP", "baselines.GMP", "baselines.OneShot", "baselines.SRSTE", "baselines.L1Channel"],
     ),
     ("Reports", ["PruneReport", "LayerReport", "ChannelReport"]),
-    ("Hugging Face (the `hf` extra)", ["hf.PruningCallback"]),
+    ("Hugging Face (the `hf` extra)", ["hf.PruningCallback", "hf.save_pretrained", "hf.from_pretrained"]),
     (
         "Exports",
         [

@@ -334,6 +334,20 @@ def test_hugging_face_trainer_example_prunes_minilm_and_saves_the_zeros(tmp_path
     assert float(weight.eq(0).float().mean()) == pytest.approx(0.9, abs=1e-3)
 
 
+def test_hugging_face_shrunk_bert_reloads_with_auto_model(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    ns = _namespace(steps=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # finalize() before the ramp ends: the example skips training
+        run_example(DOCS / "hugging-face.md", "shrunk-bert", ns)
+    bert, again, ids = ns["bert"].eval(), ns["again"], ns["ids"]
+    assert again.config.intermediate_size == bert.encoder.layer[0].intermediate.dense.out_features < 128
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).last_hidden_state, bert(input_ids=ids).last_hidden_state)
+
+
 def test_channels_mha_heads_become_head_pruned_attention():
     torch.manual_seed(0)
     ns = _namespace(steps=10)

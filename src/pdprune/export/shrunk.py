@@ -36,7 +36,7 @@ from pdprune.export.plan import (
 from pdprune.integrity import canonical_json
 from pdprune.io import atomic_folder, ensure_writable_folder, readable_folder
 
-__all__ = ["load_shrunk", "save_shrunk"]
+__all__ = ["load_shrunk", "rebuild_shrunk", "save_shrunk", "shrunk_writer"]
 
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -53,6 +53,16 @@ def save_shrunk(pruner: Any, directory: str | os.PathLike[str], example_inputs: 
     cut to one example); ``example_inputs``, if given, replaces them. The folder is replaced
     atomically: a crash leaves the old or the new model, and other files in it are kept.
     """
+    write = shrunk_writer(pruner, directory, example_inputs)
+    folder = atomic_folder(directory, write)
+    return [folder / WEIGHTS_FILE, folder / PLAN_FILE]
+
+
+def shrunk_writer(
+    pruner: Any, directory: str | os.PathLike[str], example_inputs: Any = None, plan_file: str = PLAN_FILE
+) -> Callable[[Path], None]:
+    """Check that ``pruner`` shrank its model and return ``write(folder)``, which writes the
+    weights and the plan (as ``plan_file``) into a staging folder of :func:`atomic_folder`."""
     if not callable(getattr(pruner, "pruning_plan", None)):
         raise TypeError(
             f"save_shrunk() takes the channel pruner that shrank the model (pattern='channel', after "
@@ -82,10 +92,9 @@ def save_shrunk(pruner: Any, directory: str | os.PathLike[str], example_inputs: 
             "shapes": {name: list(t.shape) for name, t in model.state_dict().items()},
             "weights": describe(description)["sha256"],
         }
-        (folder / PLAN_FILE).write_text(canonical_json(seal(plan)) + "\n", encoding="utf-8")
+        (folder / plan_file).write_text(canonical_json(seal(plan)) + "\n", encoding="utf-8")
 
-    folder = atomic_folder(directory, write)
-    return [folder / WEIGHTS_FILE, folder / PLAN_FILE]
+    return write
 
 
 def _elements(spec: Any) -> int:
@@ -114,17 +123,30 @@ def load_shrunk(
     removals are replayed by tracing the model on zeros shaped like the plan's example (one
     batch of at most 2**21 elements); ``example_inputs`` traces on yours instead.
     """
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "load_shrunk() traces the model with autograd to replay the removals; call it outside "
-            "torch.inference_mode() (torch.no_grad() is fine) and switch modes afterwards"
-        )
     folder = readable_folder(directory)
     plan_path, weights_path = folder / PLAN_FILE, folder / WEIGHTS_FILE
     if not plan_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(
             f"{Path(directory)} holds no shrunk model: expected {PLAN_FILE} and {WEIGHTS_FILE} (see "
             "pdprune.save_shrunk)"
+        )
+    return rebuild_shrunk(
+        plan_path, weights_path, lambda: build(*args, **kwargs), verify=verify, example_inputs=example_inputs
+    )
+
+
+def rebuild_shrunk(
+    plan_path: Path,
+    weights_path: Path,
+    build: Callable[[], nn.Module],
+    verify: bool = True,
+    example_inputs: Any = None,
+) -> nn.Module:
+    """What :func:`load_shrunk` does once it has found the plan and the weights."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "loading a shrunk model traces it with autograd to replay the removals; call it outside "
+            "torch.inference_mode() (torch.no_grad() is fine) and switch modes afterwards"
         )
     plan = read_plan(plan_path)
     state, description = read_dense(weights_path, verify=verify)
@@ -140,7 +162,7 @@ def load_shrunk(
             weights_path, "description", "does not belong to this plan (saved by another save_shrunk)",
             "the weights written with plan.json",
         )  # fmt: skip
-    model = build(*args, **kwargs)
+    model = build()
     if not isinstance(model, nn.Module):
         raise TypeError(f"build(...) must return an nn.Module, got {type(model).__name__}")
     if _class_name(model) != plan.class_name:

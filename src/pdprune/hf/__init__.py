@@ -1,4 +1,5 @@
-"""Hugging Face transformers integration: prune inside ``Trainer`` with :class:`PruningCallback`.
+"""Hugging Face transformers integration: prune inside ``Trainer`` with :class:`PruningCallback`;
+save a channel-shrunk model with :func:`save_pretrained` and load it with :func:`from_pretrained`.
 
 Needs the ``hf`` extra (``pip install 'pdprune[hf]'``: transformers and accelerate).
 """
@@ -11,5 +12,6 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError("pdprune.hf needs Hugging Face transformers: pip install 'pdprune[hf]'") from error
 
 from pdprune.hf.callback import PruningCallback
+from pdprune.hf.pretrained import from_pretrained, save_pretrained
 
-__all__ = ["PruningCallback"]
+__all__ = ["PruningCallback", "from_pretrained", "save_pretrained"]
