@@ -39,7 +39,16 @@ SECTIONS = [
         ["Method", "PDP", "baselines.GMP", "baselines.OneShot", "baselines.SRSTE", "baselines.L1Channel"],
     ),
     ("Reports", ["PruneReport", "LayerReport", "ChannelReport"]),
-    ("Hugging Face (the `hf` extra)", ["hf.PruningCallback", "hf.save_pretrained", "hf.from_pretrained"]),
+    (
+        "Hugging Face (the `hf` extra)",
+        [
+            "hf.PruningCallback",
+            "hf.DistillationTrainer",
+            "hf.distillation_loss",
+            "hf.save_pretrained",
+            "hf.from_pretrained",
+        ],
+    ),
     (
         "Exports",
         [

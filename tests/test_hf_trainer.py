@@ -14,17 +14,25 @@ import pdprune
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from pdprune.hf import PruningCallback  # noqa: E402
+from pdprune.hf import DistillationTrainer, PruningCallback, distillation_loss  # noqa: E402
 from pdprune.hf.callback import STATE_FILE  # noqa: E402
 
 VOCAB, WIDTH, CONTEXT = 64, 32, 16
 STEPS = 12
 
 
-def tiny_gpt2() -> torch.nn.Module:
+def tiny_gpt2(dropout: float = 0.1) -> torch.nn.Module:
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        vocab_size=VOCAB, n_positions=CONTEXT, n_embd=WIDTH, n_layer=2, n_head=2, n_inner=64
+        vocab_size=VOCAB,
+        n_positions=CONTEXT,
+        n_embd=WIDTH,
+        n_layer=2,
+        n_head=2,
+        n_inner=64,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
     )
     return transformers.GPT2LMHeadModel(config)
 
@@ -172,3 +180,54 @@ def test_a_schedule_in_steps_that_does_not_fit_the_run_is_refused(tmp_path: Path
     trainer = trainer_for(tiny_gpt2(), tmp_path, PruningCallback(config(warmup=10, ramp=10)))
     with pytest.raises(ValueError, match=r"runs 12 optimizer steps.*fractions"):
         trainer.train()
+
+
+def test_distillation_loss_is_zero_for_the_teacher_and_counts_only_kept_positions() -> None:
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 5, 7)
+    assert float(distillation_loss(teacher, teacher, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    student = teacher.clone()
+    student[1, 4] += torch.randn(7) * 3
+    assert float(distillation_loss(student, teacher, 2.0)) > 0
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[1, 4] = 0  # a padding position
+    assert float(distillation_loss(student, teacher, 2.0, mask)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_trainer_mixes_the_losses_and_prunes_with_the_callback(tmp_path: Path) -> None:
+    def run(
+        alpha: float, teacher_seed: int = 0, **overrides
+    ) -> tuple[dict[str, torch.Tensor], PruningCallback]:
+        model = tiny_gpt2(dropout=0.0)  # so batches of 8 and two of 4 draw the same (no) dropout
+        teacher = tiny_gpt2(dropout=0.0)  # the dense weights the student starts from
+        if teacher_seed:
+            torch.manual_seed(teacher_seed)
+            teacher = transformers.GPT2LMHeadModel(teacher.config)
+        callback = PruningCallback(config())
+        name = f"{alpha}-{teacher_seed}-{sorted(overrides.items())}"
+        args = arguments(tmp_path / name, save_steps=100, optim="sgd", learning_rate=0.5, **overrides)
+        trainer = DistillationTrainer(
+            model=model, args=args, train_dataset=Tokens(), teacher=teacher, alpha=alpha
+        )
+        callback.attach(trainer)
+        trainer.train()
+        return pruned_weights(model), callback
+
+    task_only, _ = run(0.0)
+    other_teacher, _ = run(0.0, teacher_seed=7)
+    distilled, callback = run(0.95)
+    for name, weight in task_only.items():  # with alpha 0 the teacher plays no part
+        assert torch.equal(weight, other_teacher[name]), name
+    assert any(not torch.allclose(weight, distilled[name], atol=1e-4) for name, weight in task_only.items())
+    assert callback.report.achieved_sparsity == pytest.approx(0.5, abs=1e-3)
+    # two micro-batches of 4 accumulated give the step one batch of 8 gives
+    whole_batches, _ = run(0.95, per_device_train_batch_size=8, gradient_accumulation_steps=1)
+    for name, weight in distilled.items():
+        assert torch.allclose(weight, whole_batches[name], atol=1e-5), name
+
+
+def test_distillation_settings_out_of_range_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        DistillationTrainer(model=tiny_gpt2(), args=arguments(tmp_path), teacher=tiny_gpt2(), alpha=1.5)
+    with pytest.raises(ValueError, match="temperature"):
+        DistillationTrainer(model=tiny_gpt2(), args=arguments(tmp_path), teacher=tiny_gpt2(), temperature=0)
