@@ -495,3 +495,25 @@ def test_grouped_convolutions_are_left_alone_with_a_plain_reason():
     assert set(pruner.groups) == {"4"}  # only the 1x1 conv after the grouped one
     assert "2 is a grouped convolution (groups=4)" in pruner.skipped["0"]
     assert "2 is a grouped convolution (groups=4)" in pruner.skipped["2"]
+
+
+def test_a_dependency_search_that_does_not_finish_fails_with_the_way_out(monkeypatch):
+    import time
+
+    import torch_pruning
+
+    import pdprune.channel.trace as trace_module
+
+    def never_finishes(self, *args, **kwargs):
+        while True:
+            time.sleep(0.01)
+            yield from ()
+
+    monkeypatch.setattr(torch_pruning.DependencyGraph, "get_all_groups", never_finishes)
+    monkeypatch.setattr(trace_module, "TRACE_SECONDS", 0.3)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    config = pdprune.PruneConfig(sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(10))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"more than 0\.3 s.*ChannelGroupSpec.*exclude="):
+        pdprune.prepare(model, config, example_inputs=torch.randn(2, 8))
+    assert time.monotonic() - started < 10

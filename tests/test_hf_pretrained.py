@@ -91,8 +91,18 @@ def test_a_shrunk_decoder_generates_the_same_text_after_reloading(tmp_path: Path
     )
     model = transformers.LlamaForCausalLM(config).eval()
     ids = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        dense_shapes = model(input_ids=ids).logits.shape
     pruner = shrunk(model, {"input_ids": ids}, heads=True)
     assert all(layer.mlp.gate_proj.out_features < 128 for layer in model.model.layers)
+    # heads go whole, from q, k and v together, and o_proj's inputs follow
+    assert sum(layer.self_attn.q_proj.out_features for layer in model.model.layers) < 2 * 64
+    for layer in model.model.layers:
+        attention = layer.self_attn
+        assert attention.q_proj.out_features == attention.k_proj.out_features == attention.o_proj.in_features
+        assert attention.q_proj.out_features % attention.head_dim == 0
+    with torch.no_grad():
+        assert model(input_ids=ids).logits.shape == dense_shapes
     expected = model.generate(ids, max_new_tokens=6, do_sample=False)
 
     pdprune.hf.save_pretrained(pruner, tmp_path / "llama")
@@ -113,3 +123,28 @@ def test_only_a_shrunk_hugging_face_model_is_saved(tmp_path: Path) -> None:
     )
     with pytest.raises(TypeError, match=r"model\.save_pretrained"):
         pdprune.hf.save_pretrained(unstructured, tmp_path)
+
+
+def test_grouped_query_attention_is_left_whole_quickly_with_the_reason_and_its_mlp_is_pruned() -> None:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    ids = torch.randint(0, 64, (2, 8))
+    channel = pdprune.PruneConfig(sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(10, ramp=0.2))
+    # tracing through repeated keys and values once ran for more than ten minutes here
+    pruner = pdprune.prepare(model, channel, example_inputs={"input_ids": ids})
+    reasons = [why for name, why in pruner.skipped.items() if name.endswith("self_attn.heads")]
+    assert len(reasons) == 2 and all(
+        "grouped-query attention (4 query heads share 2" in why for why in reasons
+    )
+    members = {m.name for group in pruner.groups.values() for m in group.members}
+    assert {"model.layers.0.mlp.gate_proj", "model.layers.1.mlp.up_proj"} <= members
+    assert not any("_proj" in name and "mlp" not in name for name in members)

@@ -29,7 +29,7 @@ from pdprune.channel.groups import (
 )
 from pdprune.patterns.specs import ChannelGroupSpec
 
-__all__ = ["DeclaredGroup", "HeadGroup", "attention_head_specs", "build_declared"]
+__all__ = ["DeclaredGroup", "HeadGroup", "attention_head_specs", "build_declared", "decoder_attention"]
 
 
 @dataclass
@@ -102,6 +102,52 @@ def attention_head_specs(model: nn.Module) -> list[ChannelGroupSpec]:
             )
         )
     return specs
+
+
+_DECODER_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def decoder_attention(model: nn.Module) -> tuple[list[ChannelGroupSpec], dict[str, str], list[nn.Module]]:
+    """Attention laid out as Hugging Face's Llama family lays it out (Llama, Mistral, Qwen2: Linear
+    ``q_proj``/``k_proj``/``v_proj``/``o_proj`` and ``head_dim``, the head count left to reshapes).
+
+    Returns a head group per module whose keys and values have a head per query head, the
+    reason each grouped-query attention module is left whole, and every such module's
+    projections, which tracing must not follow: the dependency search through grouped-query
+    attention's repeated keys and values does not finish.
+    """
+    specs: list[ChannelGroupSpec] = []
+    reasons: dict[str, str] = {}
+    projections: list[nn.Module] = []
+    for name, module in model.named_modules():
+        layers = [getattr(module, p, None) for p in _DECODER_PROJECTIONS]
+        head_dim = getattr(module, "head_dim", None)
+        if not all(isinstance(layer, nn.Linear) for layer in layers) or not isinstance(head_dim, int):
+            continue
+        q, k, v, o = layers
+        projections += layers  # type: ignore[arg-type]
+        if q.out_features % head_dim or k.out_features % head_dim or v.out_features != k.out_features:  # type: ignore[union-attr]
+            reasons[f"{name}.heads"] = f"its projections are not whole heads of {head_dim} channels"
+            continue
+        heads, key_heads = q.out_features // head_dim, k.out_features // head_dim  # type: ignore[union-attr]
+        if heads != key_heads:
+            reasons[f"{name}.heads"] = (
+                f"grouped-query attention ({heads} query heads share {key_heads} key/value heads): pdprune "
+                "does not remove its heads yet; the MLPs next to it are pruned"
+            )
+            continue
+        if o.in_features != q.out_features:  # type: ignore[union-attr]
+            continue
+        prefix = f"{name}." if name else ""
+        specs.append(
+            ChannelGroupSpec(
+                name=f"{prefix}heads",
+                producers=tuple(f"{prefix}{p}" for p in _DECODER_PROJECTIONS[:3]),
+                consumers=(f"{prefix}o_proj",),
+                units=heads,
+            )
+        )
+    return specs, reasons, projections
 
 
 def _channels(module: nn.Module, output_side: bool) -> int | None:

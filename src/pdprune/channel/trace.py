@@ -3,16 +3,25 @@ declared and attention-head groups, each checked by trying its removal on a copy
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from pdprune.channel.attention import mha_head_groups
-from pdprune.channel.declared import DeclaredGroup, HeadGroup, attention_head_specs, build_declared
+from pdprune.channel.declared import (
+    DeclaredGroup,
+    HeadGroup,
+    attention_head_specs,
+    build_declared,
+    decoder_attention,
+)
 from pdprune.channel.groups import (
     CONV_TYPES,
     SCORED_TYPES,
@@ -50,6 +59,35 @@ def _output_layers(model: nn.Module, example_inputs: Any) -> set[nn.Module]:
         if id(tensor) in produced:
             found.add(produced[id(tensor)])
     return found
+
+
+#: How long the dependency search may run before channel pruning gives up with the way out.
+TRACE_SECONDS = 300.0
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float, model_name: str) -> Iterator[None]:
+    """Raise TimeoutError naming the way out if the block runs longer than ``seconds``. A timer
+    signal interrupts it, so this bounds it only in the main thread of a POSIX process."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def give_up(signum: int, frame: Any) -> None:
+        raise TimeoutError(
+            f"finding the coupled channels of {model_name} took more than {seconds:g} s, and the search may "
+            "never finish (Torch-Pruning's dependency graph through some attention layouts does not). "
+            "Declare the groups to prune with pdprune.Channels(groups=[pdprune.ChannelGroupSpec(...)]) and "
+            "leave the layers tracing cannot follow out with exclude=[...], or prune unstructured or N:M."
+        )
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _why_left_alone(reasons: list[str], shown: int = 3) -> str:
@@ -133,8 +171,10 @@ def find_channel_groups(
     groups: list[ChannelGroup] = []
     skipped: dict[str, str] = {}
     special: list[ChannelGroup] = []
+    decoder_heads, decoder_reasons, untraced = decoder_attention(model)
     kinds: list[tuple[Any, type[DeclaredGroup]]] = [(s, DeclaredGroup) for s in declared]
-    kinds += [(s, HeadGroup) for s in (attention_head_specs(model) if heads else [])]
+    kinds += [(s, HeadGroup) for s in ([*attention_head_specs(model), *decoder_heads] if heads else [])]
+    skipped |= decoder_reasons if heads else {}
     for spec, kind in kinds:
         if kind is HeadGroup and any(set(spec.producers) & {m.name for m in g.members} for g in special):
             continue  # the user declared these heads already
@@ -151,7 +191,9 @@ def find_channel_groups(
         skipped |= reasons
     claimed_out = {m.name for g in special for m in g.members}
     claimed_in = {c for g in special for c in g.consumers}
-    for group in graph.get_all_groups(ignored_layers=[], root_module_types=SCORED_TYPES):
+    with _time_limit(TRACE_SECONDS, type(model).__name__):
+        traced = list(graph.get_all_groups(ignored_layers=untraced, root_module_types=SCORED_TYPES))
+    for group in traced:
         root_item = group[0]
         root = root_item.dep.target.module
         root_name = names.get(root, "?")
