@@ -148,3 +148,27 @@ def test_grouped_query_attention_is_left_whole_quickly_with_the_reason_and_its_m
     members = {m.name for group in pruner.groups.values() for m in group.members}
     assert {"model.layers.0.mlp.gate_proj", "model.layers.1.mlp.up_proj"} <= members
     assert not any("_proj" in name and "mlp" not in name for name in members)
+
+
+def test_a_decoder_with_the_same_heads_left_in_every_layer_reloads_with_auto_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (1, 8))
+    pruner = shrunk(model, {"input_ids": ids}, heads=True)
+    heads = model.model.layers[0].self_attn.q_proj.out_features // 16
+    assert heads < 4
+    expected = model.generate(ids, max_new_tokens=6, do_sample=False)
+    pdprune.hf.save_pretrained(pruner, tmp_path / "llama")
+    saved = json.loads((tmp_path / "llama" / "config.json").read_text())
+    assert saved["num_attention_heads"] == saved["num_key_value_heads"] == heads and saved["head_dim"] == 16
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "llama")
+    assert torch.equal(loaded.generate(ids, max_new_tokens=6, do_sample=False), expected)

@@ -116,6 +116,16 @@ def config_for_shapes(model: nn.Module) -> Any | None:
             if getattr(candidate, field, None) is not None:
                 setattr(candidate, field, widths.pop())
                 break
+    heads = {
+        (m.q_proj.out_features // m.head_dim, m.k_proj.out_features // m.head_dim, m.head_dim)
+        for m in model.modules()
+        if isinstance(getattr(m, "head_dim", None), int) and isinstance(getattr(m, "q_proj", None), nn.Linear)
+    }
+    if len(heads) == 1 and getattr(candidate, "num_key_value_heads", None) is not None:
+        # Llama-style configs name the head size, so fewer heads of the same size fit in them
+        query_heads, key_heads, head_dim = heads.pop()
+        candidate.num_attention_heads, candidate.num_key_value_heads = query_heads, key_heads
+        candidate.head_dim = head_dim
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     with torch.device("meta"):
         rebuilt = type(model)(candidate)
