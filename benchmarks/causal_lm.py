@@ -6,12 +6,14 @@ snippets of movies held out of training. Writes causal_lm_<tag>.json and .md.
 
     python -m benchmarks.causal_lm --seeds 0 1 2 --tag cpu-2core
     python -m benchmarks.causal_lm --quick          # a smoke test of the pipeline, under a minute
+    python -m benchmarks.causal_lm markdown FILE.json   # rewrite FILE.md from the result
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import statistics
 import sys
@@ -238,7 +240,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Causal LM: perplexity after pruning ({result['tag']})",
         "",
         f"Command: `{result['command']}`  ",
-        f"Commit: `{result['commit']}`  ",
+        f"Commit: {result['commit']}  ",
         f"Machine: {machine.get('cpu', '?')}, {machine.get('torch_threads', '?')} threads  ",
         f"Setup: {result['setup_text']}",
         "",
@@ -253,6 +255,14 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {pattern} | {method} | {cell['mean']:.2f} ± {cell['sd']:.2f} | {cell['worst']:.2f} "
                 f"| {cell['seeds']} |"
             )
+    seeds = sorted({row["seed"] for row in result["rows"]})
+    lines += ["", "Per seed:", "", "| pattern | method | " + " | ".join(f"seed {s}" for s in seeds) + " |"]
+    lines.append("|---|---|" + "---|" * len(seeds))
+    by_run = {(r["pattern"], r["method"], r["seed"]): r["perplexity"] for r in result["rows"]}
+    for pattern, methods in result["cells"].items():
+        for method in methods:
+            values = " | ".join(f"{by_run[(pattern, method, s)]:.2f}" for s in seeds)
+            lines.append(f"| {pattern} | {method} | {values} |")
     lines += [
         "",
         "`dense / pretrained`: the model pruning starts from; "
@@ -263,6 +273,11 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["markdown"]:  # rewrite a result's .md from its .json (e.g. after a format change)
+        for name in argv[1:]:
+            path = Path(name)
+            atomic_write_text(path.with_suffix(".md"), markdown(json.loads(path.read_text())))
+        return 0
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.causal_lm", description=__doc__.splitlines()[0]
     )
