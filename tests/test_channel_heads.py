@@ -1,7 +1,9 @@
 """Attention heads and declared channel groups: masked per head, removed whole, with the modules'
 head counts updated, and the portable checkpoint replaying it all."""
 
+import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +15,8 @@ import pdprune
 from pdprune.channel.costs import unit_step
 from pdprune.channel.declared import DeclaredGroup, HeadGroup
 from pdprune.channel.groups import TracedGroup
+from pdprune.errors import CheckpointError
+from tests.test_files import _edit_plan
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 transformers = pytest.importorskip("transformers")
@@ -316,3 +320,102 @@ def test_a_producer_whose_weights_are_read_directly_is_an_error_at_the_first_ste
         pruner.step()
     with pytest.raises(ValueError, match="more than once"):
         pdprune.ChannelGroupSpec("g", producers=("q", "q"))
+
+
+class SharedKeyBlock(nn.Module):
+    """A user's block with a fused q/k/v projection in one layer, then grouped-query attention:
+    ``shared`` query heads read each key/value head."""
+
+    def __init__(self, d: int = 32, kv_heads: int = 2, shared: int = 2) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.shared = kv_heads * shared, kv_heads, shared
+        self.head_dim = d // self.heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.o1 = nn.Linear(d, d)
+        self.q = nn.Linear(d, d)
+        self.kv = nn.ModuleList(nn.Linear(d, kv_heads * self.head_dim) for _ in range(2))
+        self.o2 = nn.Linear(d, d)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeat: int) -> torch.Tensor:
+        b, t, _ = q.shape
+        q, k, v = (p.view(b, t, -1, self.head_dim).transpose(1, 2) for p in (q, k, v))
+        k, v = k.repeat_interleave(repeat, 1), v.repeat_interleave(repeat, 1)
+        out = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim), -1) @ v
+        return out.transpose(1, 2).reshape(b, t, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, -1)
+        x = x + self.o1(self.attend(q, k, v, 1))
+        return x + self.o2(self.attend(self.q(x), self.kv[0](x), self.kv[1](x), self.shared))
+
+
+def shared_key_specs() -> tuple[pdprune.ChannelGroupSpec, ...]:
+    return (
+        pdprune.ChannelGroupSpec(
+            "fused",
+            producers=("qkv",),
+            consumers=("o1",),
+            units=4,
+            counts={"heads": "units"},
+            stacked={"qkv": 3},
+        ),
+        pdprune.ChannelGroupSpec(
+            "shared", producers=("q", "kv.0", "kv.1"), consumers=("o2",), units=2, repeats={"q": 2, "o2": 2}
+        ),
+    )
+
+
+def test_fused_and_grouped_query_layouts_are_declared_removed_whole_and_replayed(tmp_path):
+    torch.manual_seed(0)
+    model, x = SharedKeyBlock(), torch.randn(3, 5, 32)
+    config = pdprune.PruneConfig(
+        sparsity=0.5,
+        pattern=pdprune.Channels(groups=shared_key_specs()),
+        schedule=pdprune.Schedule(12, ramp=0.5),
+    )
+    pruner = pdprune.prepare(model, config, example_inputs=x)
+    _train(model, pruner, lambda m: m(x), 12)
+    pruner.finalize()
+    model.eval()
+    with torch.no_grad():
+        masked = model(x)
+    pruner.shrink()
+    assert model.qkv.out_features == 3 * 2 * 8 and model.o1.in_features == 16
+    assert model.q.out_features == model.o2.in_features == 2 * 8 and model.kv[0].out_features == 8
+    kept = pruner.masks()["shared"]
+    assert kept.sum() == 1
+    with torch.no_grad():
+        assert float((model(x) - masked).norm() / masked.norm()) < 1e-5
+    assert model.heads == 2
+    pdprune.save_shrunk(pruner, tmp_path / "m")
+    again = pdprune.load_shrunk(tmp_path / "m", SharedKeyBlock).eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    plan = json.loads((tmp_path / "m" / "plan.json").read_text())
+    assert plan["declared"]["groups"][0]["widths"] == {"qkv": 24}  # q, k and v of a head of 8
+    edits = [({"qkv": 8}, r"fused\.producers: qkv: 96 channels; expected 32"), ({"x": 2}, "widths")]
+    for widths, message in edits:
+        shutil.copytree(tmp_path / "m", tmp_path / "edited", dirs_exist_ok=True)
+        _edit_plan(
+            tmp_path / "edited", lambda p, w=widths: p["declared"]["groups"][0].__setitem__("widths", w)
+        )
+        with pytest.raises(CheckpointError, match=message):
+            pdprune.load_shrunk(tmp_path / "edited", SharedKeyBlock)
+
+
+def test_layouts_that_do_not_fit_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r"stacked=.*producer of the group.*'o1': 3"):
+        pdprune.ChannelGroupSpec("g", producers=("qkv",), consumers=("o1",), stacked={"o1": 3})
+    with pytest.raises(ValueError, match=r"repeats=.*'q': 0"):
+        pdprune.ChannelGroupSpec("g", producers=("q",), repeats={"q": 0})
+    x = torch.randn(2, 5, 32)
+    wrong = pdprune.ChannelGroupSpec("g", producers=("q", "kv.0", "kv.1"), consumers=("o2",), units=2)
+    with pytest.raises(ValueError, match=r"disagree on the group's channel count \(q: 32, kv\.0: 16"):
+        pdprune.prepare(SharedKeyBlock(), _config(groups=(wrong,)), example_inputs=x)
+    # The query runs of each key/value head said to lie end to end (stacked) instead of side by side:
+    # the shapes agree, the removal does not keep the outputs, and pdprune says so before training.
+    swapped = pdprune.ChannelGroupSpec(
+        "g", producers=("q", "kv.0", "kv.1"), consumers=("o2",), units=2, stacked={"q": 2}, repeats={"o2": 2}
+    )
+    with pytest.raises(ValueError, match="cannot be removed faithfully"):
+        pdprune.prepare(SharedKeyBlock(), _config(groups=(swapped,)), example_inputs=x)

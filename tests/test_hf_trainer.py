@@ -231,3 +231,28 @@ def test_distillation_settings_out_of_range_are_refused(tmp_path: Path) -> None:
         DistillationTrainer(model=tiny_gpt2(), args=arguments(tmp_path), teacher=tiny_gpt2(), alpha=1.5)
     with pytest.raises(ValueError, match="temperature"):
         DistillationTrainer(model=tiny_gpt2(), args=arguments(tmp_path), teacher=tiny_gpt2(), temperature=0)
+
+
+def test_gpt2_heads_and_mlp_rows_pruned_in_the_trainer_shrink_and_reload(tmp_path: Path) -> None:
+    model = tiny_gpt2(dropout=0.0)
+    channels = pdprune.PruneConfig(
+        sparsity=0.5, pattern="channel", schedule=pdprune.Schedule(1000, warmup=0.25, ramp=0.5)
+    )
+    callback = PruningCallback(channels, example_inputs={"input_ids": Tokens(2).ids})
+    trainer_for(model, tmp_path / "run", callback).train()
+    pruner = callback.pruner
+    assert pruner is not None and pruner.finalized
+    assert {g.unit_label for g in pruner.groups.values()} == {"heads", "channels"}
+    ids = Tokens(4).ids
+    model.eval()
+    with torch.no_grad():
+        masked = model(input_ids=ids).logits
+    pruner.shrink()
+    attention = model.transformer.h[0].attn
+    assert (attention.num_heads, attention.c_attn.nf, model.transformer.h[0].mlp.c_fc.nf) == (1, 48, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, masked, atol=1e-5)
+    pdprune.hf.save_pretrained(pruner, tmp_path / "shrunk")
+    reloaded = pdprune.hf.from_pretrained(tmp_path / "shrunk")
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -345,7 +345,9 @@ class ChannelConfig(PruneConfig):
     def fingerprint(self) -> dict[str, Any]:
         settings = self.pattern
         groups = [
-            [g.name, list(g.producers), list(g.consumers), g.units, dict(g.counts)] for g in settings.groups
+            [g.name, list(g.producers), list(g.consumers), g.units, dict(g.counts)]
+            + ([dict(g.stacked), dict(g.repeats)] if g.stacked or g.repeats else [])
+            for g in settings.groups
         ]
         return {
             **super().fingerprint(),

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pdprune.channel.groups import SCORED_TYPES, ChannelGroup, call_model
+from pdprune.patterns.specs import is_transformers_conv1d
 
 __all__ = ["LayerCost", "measure_costs", "solve_keep", "widths"]
 
@@ -62,6 +63,8 @@ def measure_costs(model: nn.Module, example_inputs: Any, groups: list[ChannelGro
         weight = module.weight
         if isinstance(module, nn.Linear):
             n = output.numel() * module.in_features
+        elif is_transformers_conv1d(module):
+            n = output.numel() * weight.shape[0]
         elif isinstance(module, _TRANSPOSED):
             n = args[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
         else:
@@ -79,7 +82,7 @@ def measure_costs(model: nn.Module, example_inputs: Any, groups: list[ChannelGro
     layers = [
         (name, m)
         for name, m in model.named_modules()
-        if isinstance(m, (*SCORED_TYPES, nn.MultiheadAttention))
+        if isinstance(m, (*SCORED_TYPES, nn.MultiheadAttention)) or is_transformers_conv1d(m)
     ]
     handles = [
         m.register_forward_hook(count_attention, with_kwargs=True)
@@ -136,6 +139,9 @@ def measure_costs(model: nn.Module, example_inputs: Any, groups: list[ChannelGro
             continue
         if isinstance(m, nn.Linear):
             out_ch, in_ch, depthwise = m.out_features, m.in_features, False
+        elif is_transformers_conv1d(m):
+            in_ch, out_ch = m.weight.shape
+            depthwise = False
         else:
             out_ch, in_ch = m.out_channels, m.in_channels
             depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels

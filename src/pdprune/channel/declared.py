@@ -2,9 +2,10 @@
 
 A reshape into heads ties q, k and v rows in runs of ``head_dim``; removing single channels
 breaks the reshape, removing whole heads does not. These groups are built from a
-:class:`~pdprune.ChannelGroupSpec` (declared, or found by :func:`attention_head_specs` for
-Hugging Face BERT-family attention), masked per unit, and removed layer by layer: producers lose
-output channels, consumers input channels, then the modules' size attributes are updated.
+:class:`~pdprune.ChannelGroupSpec` (declared, or found in a Hugging Face model's layout by
+:mod:`pdprune.channel.transformer_layouts`), masked per unit, and removed layer by layer:
+producers lose output channels, consumers input channels, then the modules' size attributes
+are updated.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from pdprune.channel.groups import (
     remove_layer_channels,
     set_size_attributes,
 )
-from pdprune.patterns.specs import ChannelGroupSpec
+from pdprune.patterns.specs import ChannelGroupSpec, is_transformers_conv1d
 
-__all__ = ["DeclaredGroup", "HeadGroup", "attention_head_specs", "build_declared", "decoder_attention"]
+__all__ = ["DeclaredGroup", "HeadGroup", "LayoutGroup", "build_declared"]
 
 
 @dataclass
@@ -42,9 +43,14 @@ class DeclaredGroup(ChannelGroup):
     ) -> tuple[list[Removal], dict[str, int]]:
         if not units:
             return [], {}
-        indices = self.channel_indices(sorted(units))
-        removals: list[Removal] = [[m.name, True, indices] for m in self.members]
-        removals += [[name, False, indices] for name in self.consumers]
+        ordered = sorted(units)
+
+        def runs(run: int, copies: int = 1) -> list[int]:
+            span = self.channels * run
+            return [c * span + u * run + i for c in range(copies) for u in ordered for i in range(run)]
+
+        removals: list[Removal] = [[m.name, True, runs(self.width * m.repeat, m.fold)] for m in self.members]
+        removals += [[name, False, runs(per_unit)] for name, per_unit in self.consumers.items()]
         kept = self.channels - len(units)
         attributes = {
             path: kept if what == "units" else kept * self.width for path, what in self.counts.items()
@@ -55,104 +61,24 @@ class DeclaredGroup(ChannelGroup):
 
 
 @dataclass
-class HeadGroup(DeclaredGroup):
-    """The attention heads of one Hugging Face BERT-style self-attention module, found by pdprune."""
+class LayoutGroup(DeclaredGroup):
+    """Channels pdprune found in a known model layout that tracing cannot follow (GPT-2's MLP rows,
+    held in transformers' ``Conv1D``): removed as a declared group is, but skipped with the
+    reason, not refused, when it cannot be pruned."""
+
+
+@dataclass
+class HeadGroup(LayoutGroup):
+    """The attention heads of one Hugging Face self-attention module, found by pdprune."""
 
     unit_name: ClassVar[str] = "heads"
-
-
-def attention_head_specs(model: nn.Module) -> list[ChannelGroupSpec]:
-    """One group per self-attention module laid out as Hugging Face's BERT family lays it out:
-    a module with Linear ``query``, ``key``, ``value`` and ``num_attention_heads`` /
-    ``attention_head_size``, whose parent's ``output.dense`` Linear takes the heads' outputs."""
-    specs = []
-    modules = dict(model.named_modules())
-    for name, module in modules.items():
-        projections = [getattr(module, p, None) for p in ("query", "key", "value")]
-        heads, size = (
-            getattr(module, "num_attention_heads", None),
-            getattr(module, "attention_head_size", None),
-        )
-        if (
-            not all(isinstance(p, nn.Linear) for p in projections)
-            or not isinstance(heads, int)
-            or not isinstance(size, int)
-        ):
-            continue
-        parent_name = name.rpartition(".")[0]
-        output = getattr(modules.get(parent_name), "output", None)
-        dense = getattr(output, "dense", None)
-        channels = heads * size
-        if not isinstance(dense, nn.Linear) or dense.in_features != channels:
-            continue
-        if any(p.out_features != channels for p in projections):  # type: ignore[union-attr]
-            continue
-        prefix = f"{name}." if name else ""
-        counts = {f"{prefix}num_attention_heads": "units"}
-        if isinstance(getattr(module, "all_head_size", None), int):
-            counts[f"{prefix}all_head_size"] = "channels"
-        output_name = f"{parent_name}.output.dense" if parent_name else "output.dense"
-        specs.append(
-            ChannelGroupSpec(
-                name=name,
-                producers=tuple(f"{prefix}{p}" for p in ("query", "key", "value")),
-                consumers=(output_name,),
-                units=heads,
-                counts=counts,
-            )
-        )
-    return specs
-
-
-_DECODER_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-def decoder_attention(model: nn.Module) -> tuple[list[ChannelGroupSpec], dict[str, str], list[nn.Module]]:
-    """Attention laid out as Hugging Face's Llama family lays it out (Llama, Mistral, Qwen2: Linear
-    ``q_proj``/``k_proj``/``v_proj``/``o_proj`` and ``head_dim``, the head count left to reshapes).
-
-    Returns a head group per module whose keys and values have a head per query head, the
-    reason each grouped-query attention module is left whole, and every such module's
-    projections, which tracing must not follow: the dependency search through grouped-query
-    attention's repeated keys and values does not finish.
-    """
-    specs: list[ChannelGroupSpec] = []
-    reasons: dict[str, str] = {}
-    projections: list[nn.Module] = []
-    for name, module in model.named_modules():
-        layers = [getattr(module, p, None) for p in _DECODER_PROJECTIONS]
-        head_dim = getattr(module, "head_dim", None)
-        if not all(isinstance(layer, nn.Linear) for layer in layers) or not isinstance(head_dim, int):
-            continue
-        q, k, v, o = layers
-        projections += layers  # type: ignore[arg-type]
-        if q.out_features % head_dim or k.out_features % head_dim or v.out_features != k.out_features:  # type: ignore[union-attr]
-            reasons[f"{name}.heads"] = f"its projections are not whole heads of {head_dim} channels"
-            continue
-        heads, key_heads = q.out_features // head_dim, k.out_features // head_dim  # type: ignore[union-attr]
-        if heads != key_heads:
-            reasons[f"{name}.heads"] = (
-                f"grouped-query attention ({heads} query heads share {key_heads} key/value heads): pdprune "
-                "does not remove its heads yet; the MLPs next to it are pruned"
-            )
-            continue
-        if o.in_features != q.out_features:  # type: ignore[union-attr]
-            continue
-        prefix = f"{name}." if name else ""
-        specs.append(
-            ChannelGroupSpec(
-                name=f"{prefix}heads",
-                producers=tuple(f"{prefix}{p}" for p in _DECODER_PROJECTIONS[:3]),
-                consumers=(f"{prefix}o_proj",),
-                units=heads,
-            )
-        )
-    return specs, reasons, projections
 
 
 def _channels(module: nn.Module, output_side: bool) -> int | None:
     if isinstance(module, nn.Linear):
         return module.out_features if output_side else module.in_features
+    if is_transformers_conv1d(module):
+        return int(module.weight.shape[1 if output_side else 0])
     if isinstance(module, CONV_TYPES):
         return module.out_channels if output_side else module.in_channels
     if isinstance(module, NORM_TYPES):
@@ -188,11 +114,12 @@ def build_declared(
         member = member_for(name, module)
         if isinstance(member, str):
             return member
-        if not isinstance(module, (nn.Linear, *CONV_TYPES, *NORM_TYPES)):
+        if not (isinstance(module, (nn.Linear, *CONV_TYPES, *NORM_TYPES)) or is_transformers_conv1d(module)):
             return (
                 f"{name}: {type(module).__name__} layers cannot be declared producers (Linear, convolutions, "
                 "norms)"
             )
+        member.fold, member.repeat = spec.layout(name)
         if module in outputs:
             return f"{name} produces a model output"
         if member.scored and not keep_module(module, name):
@@ -203,14 +130,21 @@ def build_declared(
         sizes[name] = _channels(module, True)
     for name in spec.consumers:
         module = modules[name]
-        if not isinstance(module, (nn.Linear, *CONV_TYPES)) or (
+        if not (isinstance(module, (nn.Linear, *CONV_TYPES)) or is_transformers_conv1d(module)) or (
             isinstance(module, CONV_TYPES) and module.groups != 1
         ):
             return f"{name}: only Linear layers and ungrouped convolutions can be declared consumers"
         sizes[name] = _channels(module, False)
-    channels = set(sizes.values())
+    per_copy = {}
+    for name, size in sizes.items():
+        copies = spec.layout(name)[0] * spec.layout(name)[1]
+        per_copy[name] = None if size is None or size % copies else size // copies
+    channels = set(per_copy.values())
     if len(channels) != 1 or None in channels:
-        listed = ", ".join(f"{n}: {c}" for n, c in sizes.items())
+        copies = {n: spec.layout(n)[0] * spec.layout(n)[1] for n in sizes}
+        listed = ", ".join(
+            f"{n}: {c}" + (f" in {copies[n]} copies" if copies[n] > 1 else "") for n, c in sizes.items()
+        )
         return f"the declared layers disagree on the group's channel count ({listed})"
     total = channels.pop()
     assert total is not None
@@ -230,7 +164,7 @@ def build_declared(
         name=spec.name,
         channels=units,
         members=members,
-        consumers=dict.fromkeys(spec.consumers, total // units),
+        consumers={name: total // units * spec.layout(name)[1] for name in spec.consumers},
         root=root,
         root_fn=None,
         width=total // units,

@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from pdprune.patterns.specs import is_transformers_conv1d
+
 __all__ = [
     "CONV_TYPES",
     "NORM_TYPES",
@@ -63,6 +65,7 @@ class ChannelMember:
     weight_name: str = "weight"
     bias_name: str = "bias"
     fold: int = 1  # the channel axis holds this many stacked copies of the group's channels (q, k, v: 3)
+    repeat: int = 1  # runs of each unit's channels side by side (query heads sharing a key/value head)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -76,10 +79,6 @@ class ChannelMember:
         if getattr(self.module, self.bias_name, None) is not None:
             params.append((self.bias_name, 0))
         return params
-
-    def stacked(self, per_channel: torch.Tensor) -> torch.Tensor:
-        """A per-channel tensor laid out along this member's channel axis (repeated ``fold`` times)."""
-        return per_channel if self.fold == 1 else per_channel.repeat(self.fold)
 
 
 @dataclass
@@ -126,9 +125,16 @@ class ChannelGroup:
             for m in self.members
         )
 
-    def expand(self, per_unit: torch.Tensor) -> torch.Tensor:
-        """A per-unit tensor repeated over each unit's ``width`` consecutive channels."""
-        return per_unit if self.width == 1 else per_unit.repeat_interleave(self.width)
+    def lay_out(self, member: ChannelMember, per_unit: torch.Tensor) -> torch.Tensor:
+        """A per-unit tensor (a mask) along ``member``'s channel axis: each unit over its run of
+        ``width * repeat`` consecutive channels, the whole laid ``fold`` times end to end."""
+        run = self.width * member.repeat
+        laid = per_unit if run == 1 else per_unit.repeat_interleave(run)
+        return laid if member.fold == 1 else laid.repeat(member.fold)
+
+    def member_width(self, member: ChannelMember) -> int:
+        """Channels of one unit along ``member``'s channel axis, all copies counted."""
+        return self.width * member.repeat * member.fold
 
     def per_unit(self, per_channel: torch.Tensor) -> torch.Tensor:
         """Per-channel scores summed over each unit's channels."""
@@ -141,19 +147,21 @@ class ChannelGroup:
     def scored_weights(self) -> list[tuple[torch.Tensor, int]]:
         """The Linear/conv weights of the group's channels (what L1-norm filter pruning ranks); a
         weight stacking several copies of the channels (q, k, v) is viewed with the copies on
-        their own axis, so each channel's score sums over them."""
+        their own axis, as are the runs of query heads that share a key/value head, so each
+        channel's score sums over them."""
         weights = []
         for m in self.members:
             if not m.scored:
                 continue
-            weight = m.weight
-            if m.fold > 1:
-                weight = weight.view(
-                    *weight.shape[: m.weight_dim], m.fold, -1, *weight.shape[m.weight_dim + 1 :]
+            weight, dim = m.weight, m.weight_dim
+            if m.fold > 1 or m.repeat > 1:  # copies and runs onto an axis of their own, before the channels
+                before, after = weight.shape[:dim], weight.shape[dim + 1 :]
+                split = weight.reshape(*before, m.fold, self.channels, m.repeat, self.width, *after)
+                weight = split.movedim(dim + 2, dim + 1).reshape(
+                    *before, m.fold * m.repeat, self.channels * self.width, *after
                 )
-                weights.append((weight, m.weight_dim + 1))
-            else:
-                weights.append((weight, m.weight_dim))
+                dim += 1
+            weights.append((weight, dim))
         return weights
 
     def scale_weights(self) -> list[tuple[torch.Tensor, int]]:
@@ -195,12 +203,32 @@ def remove_layer_channels(modules: dict[str, nn.Module], removals: list[Removal]
     pruners = tp.DependencyGraph()
     for name, output_side, indices in removals:
         module = modules.get(name)
+        if module is not None and is_transformers_conv1d(module):
+            _remove_conv1d_features(module, bool(output_side), list(indices))
+            continue
         pruner = pruners.get_pruner_of_module(module) if module is not None else None
         if pruner is None:
             raise ValueError(
                 f"cannot remove channels of {name!r}: no such Linear, convolution or norm in this model"
             )
         (pruner.prune_out_channels if output_side else pruner.prune_in_channels)(module, list(indices))
+
+
+def _remove_conv1d_features(module: nn.Module, output_side: bool, indices: list[int]) -> None:
+    """Remove output features (weight columns and bias) or input features (weight rows) of
+    transformers' ``Conv1D``, whose weight is stored (in, out), and update ``nf``/``nx``."""
+    weight = module.weight
+    axis = 1 if output_side else 0
+    dropped = set(indices)
+    kept = torch.tensor(
+        [i for i in range(weight.shape[axis]) if i not in dropped], dtype=torch.long, device=weight.device
+    )
+    with torch.no_grad():
+        module.weight = nn.Parameter(weight.index_select(axis, kept), requires_grad=weight.requires_grad)
+        bias = getattr(module, "bias", None)
+        if output_side and isinstance(bias, torch.Tensor):
+            module.bias = nn.Parameter(bias.index_select(0, kept), requires_grad=bias.requires_grad)
+    setattr(module, "nf" if output_side else "nx", len(kept))
 
 
 def set_size_attributes(modules: dict[str, nn.Module], attributes: dict[str, int]) -> None:
@@ -223,6 +251,8 @@ def member_for(name: str, module: nn.Module) -> ChannelMember | str:
         return ChannelMember(name, module, 1, True)
     if isinstance(module, (nn.Linear, *CONV_TYPES)):
         return ChannelMember(name, module, 0, True)
+    if is_transformers_conv1d(module):
+        return ChannelMember(name, module, 1, True)  # weight (in, out)
     if isinstance(module, _CROSS_CHANNELNORM_TYPES):
         return (
             f"{name}: {type(module).__name__} normalises across channels, so removing some would change the "
@@ -271,19 +301,17 @@ def zero_channels(
 ) -> None:
     """Zero the channels ``keep`` drops in every producer of ``group`` (weight rows, bias, norm
     affine), in place; ``modules`` maps names to the modules of another copy of the model."""
-    keep = group.expand(keep)
     with torch.no_grad():
         for member in group.members:
             module = modules[member.name] if modules is not None else member.module
+            laid = group.lay_out(member, keep)
             for param_name, dim in member.channel_params():
                 parameter = getattr(module, param_name)
                 shape = [1] * parameter.dim()
                 shape[dim] = -1
-                parameter.masked_fill_(
-                    ~member.stacked(keep).view(shape), 0
-                )  # +0.0, not the -0.0 a multiply leaves
+                parameter.masked_fill_(~laid.view(shape), 0)  # +0.0, not the -0.0 a multiply leaves
             running = getattr(module, "running_mean", None)
-            if isinstance(running, torch.Tensor) and running.shape == keep.shape:
+            if isinstance(running, torch.Tensor) and running.shape == laid.shape:
                 # A norm without affine parameters outputs -mean/std for a zero input channel in
                 # eval; with the mean at zero the channel is exactly zero, as removal assumes.
-                running.masked_fill_(~keep, 0)
+                running.masked_fill_(~laid, 0)

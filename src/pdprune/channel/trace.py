@@ -15,13 +15,7 @@ import torch
 from torch import nn
 
 from pdprune.channel.attention import mha_head_groups
-from pdprune.channel.declared import (
-    DeclaredGroup,
-    HeadGroup,
-    attention_head_specs,
-    build_declared,
-    decoder_attention,
-)
+from pdprune.channel.declared import DeclaredGroup, HeadGroup, LayoutGroup, build_declared
 from pdprune.channel.groups import (
     CONV_TYPES,
     SCORED_TYPES,
@@ -33,6 +27,7 @@ from pdprune.channel.groups import (
     member_for,
     zero_channels,
 )
+from pdprune.channel.transformer_layouts import transformer_layouts
 
 __all__ = ["find_channel_groups", "trace"]
 
@@ -149,9 +144,10 @@ def find_channel_groups(
     A group is left alone when it contains a layer the filter rejects or ``exclude`` matches,
     a layer whose output is a model output (the classifier), or a layer type a mask cannot
     express. ``keep_module(module, name)`` is the config's filter (default: Linear and convs).
-    ``declared`` groups (ChannelGroupSpec) and, with ``heads``, the attention heads found by
-    :func:`~pdprune.channel.declared.attention_head_specs` replace the traced groups they share
-    a layer with; a declared group that cannot be pruned is an error, not a skip.
+    ``declared`` groups (ChannelGroupSpec), the groups found in transformer layouts
+    (:func:`~pdprune.channel.transformer_layouts.transformer_layouts`; their attention heads
+    with ``heads``) replace the traced groups they share a layer with; a declared group that
+    cannot be pruned is an error, not a skip.
     """
     try:
         import torch_pruning  # noqa: F401 - only checks it is installed, to fail with the fix
@@ -171,13 +167,16 @@ def find_channel_groups(
     groups: list[ChannelGroup] = []
     skipped: dict[str, str] = {}
     special: list[ChannelGroup] = []
-    decoder_heads, decoder_reasons, untraced = decoder_attention(model)
+    layouts = transformer_layouts(model)
     kinds: list[tuple[Any, type[DeclaredGroup]]] = [(s, DeclaredGroup) for s in declared]
-    kinds += [(s, HeadGroup) for s in ([*attention_head_specs(model), *decoder_heads] if heads else [])]
-    skipped |= decoder_reasons if heads else {}
+    kinds += [(s, HeadGroup) for s in (layouts.heads if heads else [])]
+    kinds += [(s, LayoutGroup) for s in layouts.channels]
+    skipped |= layouts.reasons if heads else {}
     for spec, kind in kinds:
-        if kind is HeadGroup and any(set(spec.producers) & {m.name for m in g.members} for g in special):
-            continue  # the user declared these heads already
+        if kind is not DeclaredGroup and any(
+            set(spec.producers) & {m.name for m in g.members} for g in special
+        ):
+            continue  # the user declared these layers' group already
         built = build_declared(model, spec, kind, outputs, keep_module, exclude)
         if isinstance(built, str):
             if kind is DeclaredGroup:
@@ -192,7 +191,7 @@ def find_channel_groups(
     claimed_out = {m.name for g in special for m in g.members}
     claimed_in = {c for g in special for c in g.consumers}
     with _time_limit(TRACE_SECONDS, type(model).__name__):
-        traced = list(graph.get_all_groups(ignored_layers=untraced, root_module_types=SCORED_TYPES))
+        traced = list(graph.get_all_groups(ignored_layers=layouts.untraced, root_module_types=SCORED_TYPES))
     for group in traced:
         root_item = group[0]
         root = root_item.dep.target.module

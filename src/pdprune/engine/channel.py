@@ -135,6 +135,7 @@ class ChannelPruner(Pruner[ChannelConfig, ChannelTarget]):
                 "counts": dict(group.counts),
                 "producers": [member.name for member in group.members],
                 "consumers": list(group.consumers),
+                **_widths_unlike_the_group(group),
             }
             for name, group in self.groups.items()
             if group.counts and int(self.kept[name].sum()) < group.channels
@@ -172,7 +173,7 @@ class ChannelPruner(Pruner[ChannelConfig, ChannelTarget]):
         removed = sum(c.params - c.after(keep, channels)[0] for c in self.costs)
         # Per-channel parameters outside Linear/conv layers (norm affine) go with their channels too.
         removed += sum(
-            (g.channels - keep[name]) * g.width * len(m.channel_params())
+            (g.channels - keep[name]) * g.member_width(m) * len(m.channel_params())
             for name, g in self.groups.items()
             for m in g.members
             if not m.scored
@@ -242,11 +243,18 @@ class ChannelPruner(Pruner[ChannelConfig, ChannelTarget]):
 
 
 def _nonzero_in_pruned(group: ChannelGroup, keep: torch.Tensor) -> bool:
-    keep = group.expand(keep)
     for member in group.members:
+        dropped_channels = ~group.lay_out(member, keep)
         for param_name, dim in member.channel_params():
             parameter = getattr(member.module, param_name).detach()
-            dropped = (~member.stacked(keep)).nonzero().flatten().to(parameter.device)
+            dropped = dropped_channels.nonzero().flatten().to(parameter.device)
             if bool(parameter.index_select(dim, dropped).ne(0).any()):
                 return True
     return False
+
+
+def _widths_unlike_the_group(group: ChannelGroup) -> dict[str, dict[str, int]]:
+    """The plan's ``widths`` entry: layers whose channels per unit are not the group's width."""
+    widths = {m.name: group.member_width(m) for m in group.members if group.member_width(m) != group.width}
+    widths |= {name: per for name, per in group.consumers.items() if per != group.width}
+    return {"widths": widths} if widths else {}

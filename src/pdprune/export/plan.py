@@ -19,6 +19,7 @@ from torch import nn
 from pdprune.errors import CheckpointError
 from pdprune.export.container import DTYPES, MAX_DIMS, numel, parse_json, reading
 from pdprune.integrity import canonical_json, text_digest
+from pdprune.patterns.specs import is_transformers_conv1d
 
 __all__ = [
     "LEGACY_PLAN_FORMAT",
@@ -164,6 +165,14 @@ def _attributes(path: Path, value: Any) -> dict[str, int]:
 
 
 _GROUP_KEYS = {"name", "units", "kept", "width", "counts", "producers", "consumers"}
+#: Optional: layer -> channels of one unit in it, where that is not ``width`` (q, k and v stacked
+#: in one layer; query heads sharing a key/value head).
+_WIDTHS = "widths"
+
+
+def layer_width(group: dict[str, Any], name: str) -> int:
+    """Channels one unit of a recorded group spans in layer ``name``."""
+    return int(group.get(_WIDTHS, {}).get(name, group["width"]))
 
 
 def _groups(path: Path, value: Any) -> list[dict[str, Any]]:
@@ -171,8 +180,16 @@ def _groups(path: Path, value: Any) -> list[dict[str, Any]]:
         raise CheckpointError(path, "declared.groups", "missing or malformed", "a list of declared groups")
     for i, group in enumerate(value):
         where = f"declared.groups[{i}]"
-        if not isinstance(group, dict) or set(group) != _GROUP_KEYS:
-            raise CheckpointError(path, where, "malformed", ", ".join(sorted(_GROUP_KEYS)))
+        if not isinstance(group, dict) or set(group) - {_WIDTHS} != _GROUP_KEYS:
+            raise CheckpointError(path, where, "malformed", ", ".join(sorted(_GROUP_KEYS)) + " (and widths)")
+        widths = group.get(_WIDTHS, {})
+        if not isinstance(widths, dict) or not all(
+            name in (*group["producers"], *group["consumers"]) and _is_int(w) and w >= 1
+            for name, w in widths.items()
+        ):
+            raise CheckpointError(
+                path, f"{where}.widths", "malformed", "a layer of the group -> its channels per unit"
+            )
         units, kept, width, counts = group["units"], group["kept"], group["width"], group["counts"]
         if not all(_is_int(v) for v in (units, kept, width)) or not 1 <= kept <= units or width < 1:
             raise CheckpointError(path, where, "sizes out of range", "1 <= kept <= units, width >= 1")
@@ -250,6 +267,8 @@ def _out_size(module: nn.Module | None) -> int | None:
         weight = getattr(module, "running_mean", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() == 0:
         return None
+    if module is not None and is_transformers_conv1d(module):
+        return int(weight.shape[1])  # weight (in, out)
     if isinstance(module, nn.modules.conv._ConvNd) and module.transposed:
         return int(weight.shape[1]) * module.groups
     return int(weight.shape[0])
@@ -259,6 +278,8 @@ def _in_size(module: nn.Module | None) -> int | None:
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
         return None
+    if module is not None and is_transformers_conv1d(module):
+        return int(weight.shape[0])
     if isinstance(module, nn.modules.conv._ConvNd):
         return int(weight.shape[0]) if module.transposed else int(weight.shape[1]) * module.groups
     return int(weight.shape[1])
@@ -278,9 +299,9 @@ def check_attributes(plan: Plan, modules: dict[str, nn.Module]) -> Before:
     if plan.groups is None:
         producers = {name for name, side, _ in plan.declared_removals if side is True}
     for group in plan.groups or []:
-        full = group["units"] * group["width"]
         for side, size_of in (("producers", _out_size), ("consumers", _in_size)):
             for name in group[side]:
+                full = group["units"] * layer_width(group, name)
                 size = size_of(modules.get(name))
                 if (size is not None and size != full) or (name not in modules):
                     raise CheckpointError(
@@ -350,9 +371,9 @@ def check_groups_after(plan: Plan, modules: dict[str, nn.Module], before: Before
     """After the removals: each declared group's layers have the channels its kept count says, and
     each size attribute agrees with the layers it counts (so it matches the weights' shapes)."""
     for group in plan.groups or []:
-        kept = group["kept"] * group["width"]
         for side, size_of in (("producers", _out_size), ("consumers", _in_size)):
             for name in group[side]:
+                kept = group["kept"] * layer_width(group, name)
                 size = size_of(modules.get(name))
                 if size is not None and size != kept:
                     raise CheckpointError(

@@ -113,7 +113,7 @@ def config_for_shapes(model: nn.Module) -> Any | None:
     candidate = copy.deepcopy(config)
     if len(widths) == 1:
         for field in _FFN_WIDTH_FIELDS:
-            if getattr(candidate, field, None) is not None:
+            if hasattr(candidate, field):  # GPT-2's n_inner is None for 4 x the hidden size
                 setattr(candidate, field, widths.pop())
                 break
     heads = {

@@ -89,7 +89,7 @@ class ChannelHook(ParameterSwapHook):
     def masked_parameters(self, module: nn.Module) -> dict[str, torch.Tensor] | None:
         if not self._enter(module.training or torch.is_grad_enabled()):
             return None
-        m = self.member.stacked(self.target.group.expand(self.mask()))
+        m = self.target.group.lay_out(self.member, self.mask())
         swapped = {}
         for name, dim in self.member.channel_params():
             parameter = module._parameters[name]

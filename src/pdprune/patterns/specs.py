@@ -66,8 +66,11 @@ class ChannelGroupSpec:
     form, each a run of consecutive channels (e.g. the heads of q, k and v); None means every
     channel is a unit. ``counts``: attributes to update after removal, ``"module.attr"`` ->
     ``"units"`` or ``"channels"`` (e.g. ``{"blocks.0.heads": "units"}``), so the module's forward
-    sees its new size. pdprune checks a declaration by removing a few units from a copy of the
-    model and comparing its outputs before it trains with it.
+    sees its new size. ``stacked``: producer -> how many copies of the group's channels its output
+    lays end to end (a fused q/k/v projection: 3). ``repeats``: layer -> how many runs of each
+    unit's channels it holds side by side (grouped-query attention: the query heads that share one
+    key/value head, in ``q_proj`` and ``o_proj``). pdprune checks a declaration by removing a few
+    units from a copy of the model and comparing its outputs before it trains with it.
     """
 
     name: str
@@ -75,6 +78,8 @@ class ChannelGroupSpec:
     consumers: tuple[str, ...] = ()
     units: int | None = None
     counts: Mapping[str, str] = field(default_factory=dict)
+    stacked: Mapping[str, int] = field(default_factory=dict)
+    repeats: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for what in ("producers", "consumers"):
@@ -105,10 +110,32 @@ class ChannelGroupSpec:
                     f"{path!r}: {what!r}"
                 )
         object.__setattr__(self, "counts", dict(self.counts))
+        for what, allowed in (("stacked", self.producers), ("repeats", listed)):
+            value = dict(getattr(self, what))
+            for name, times in value.items():
+                if name not in allowed or isinstance(times, bool) or not isinstance(times, int) or times < 1:
+                    layer = "producer" if what == "stacked" else "listed layer"
+                    raise ValueError(
+                        f"ChannelGroupSpec({what}=...) maps a {layer} of the group to a positive int, got "
+                        f"{name!r}: {times!r}"
+                    )
+            object.__setattr__(self, what, value)
+
+    def layout(self, name: str) -> tuple[int, int]:
+        """(stacked copies, side-by-side runs per unit) of the group's channels in layer ``name``."""
+        return self.stacked.get(name, 1), self.repeats.get(name, 1)
 
     def __hash__(self) -> int:
         return hash(
-            (self.name, self.producers, self.consumers, self.units, tuple(sorted(self.counts.items())))
+            (
+                self.name,
+                self.producers,
+                self.consumers,
+                self.units,
+                tuple(sorted(self.counts.items())),
+                tuple(sorted(self.stacked.items())),
+                tuple(sorted(self.repeats.items())),
+            )
         )
 
 
