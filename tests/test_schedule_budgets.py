@@ -153,3 +153,62 @@ def test_erk_keeps_every_resnet_layer_alive_at_99_percent():
 def test_unknown_budget_is_rejected_with_the_choices():
     with pytest.raises(ValueError, match="'global', 'erk', 'uniform'"):
         PruneConfig(sparsity=0.9, schedule=Schedule(10), budget="erdos")
+
+
+def _starved_warnings(budget: str, **overrides: object) -> tuple[list[str], object]:
+    from pdprune.demo.model import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(1, 10, image_size=8)  # stem conv: 288 weights for 32 channels
+    config = PruneConfig(
+        sparsity=0.98, budget=budget, schedule=Schedule(total_steps=10, warmup=2, ramp=4), **overrides
+    )
+    pruner = prepare(model, config)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            model(torch.randn(4, 1, 8, 8)).sum().backward()
+            optimizer.step()
+            pruner.step()
+    starved = [str(w.message) for w in caught if "fewer weights than they have outputs" in str(w.message)]
+    assert all(w.filename == __file__ for w in caught if "fewer weights" in str(w.message))
+    return starved, pruner.report()
+
+
+def test_uniform_budget_that_empties_outputs_warns_once_with_the_way_out():
+    starved, report = _starved_warnings("uniform")
+    assert len(starved) == 1  # when the budgets are fixed, not at every step
+    assert "features.0.weight keeps 6 of 288 weights for 32 outputs" in starved[0]
+    assert "budget='erk'" in starved[0] and "overrides={'features.0': 0.5}" in starved[0]
+    notes = {layer.name: layer.note for layer in report.layers}
+    assert (
+        notes["features.0.weight"] == "keeps 6 weights for 32 outputs: at least 26 outputs lose every weight"
+    )
+    assert notes["classifier.3.weight"] == ""  # 26 weights for 10 outputs: none is certain to die
+
+
+def test_budgets_that_leave_every_output_a_chance_do_not_warn():
+    assert _starved_warnings("erk")[0] == []
+    # A sparsity the user fixed for the layer is what they asked for: no warning.
+    assert _starved_warnings("uniform", overrides={"features.0": 0.98})[0] == []
+
+
+def test_output_units_follow_each_layout():
+    from torch import nn
+
+    from pdprune.patterns.specs import output_units
+
+    class Conv1D(nn.Module):  # transformers' GPT-2 layout: weight (in, out)
+        def __init__(self) -> None:
+            super().__init__()
+            self.nf, self.weight = 6, nn.Parameter(torch.zeros(4, 6))
+
+    assert output_units(nn.Linear(4, 6), (6, 4)) == 6
+    assert output_units(nn.Conv2d(4, 6, 3), (6, 4, 3, 3)) == 6
+    transposed = nn.ConvTranspose2d(4, 6, 3, groups=2)
+    assert output_units(transposed, tuple(transposed.weight.shape)) == 6
+    assert output_units(Conv1D(), (4, 6)) == 6
+    assert output_units(nn.Embedding(5, 3), (5, 3)) is None

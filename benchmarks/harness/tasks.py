@@ -147,6 +147,27 @@ class ImageTask:
         return model
 
     def run(self, seed: int, config_for: ConfigFor | None, progress: bool, label: str) -> RunOutcome:
+        started = time.perf_counter()
+        model, pruner = self.fine_tune(seed, config_for, progress, label)
+        sparsity = pruner.finalize().achieved_sparsity if pruner is not None else 0.0
+        if pruner is not None and is_channel(pruner.config):
+            pruner.shrink()  # measured as deployed: the smaller model
+        seconds = time.perf_counter() - started
+        accuracy = evaluate(model, self.data.x_test, self.data.y_test)
+        steps = self.epochs * steps_per_epoch(len(self.data.x_train), self.batch_size)
+        return RunOutcome(accuracy, sparsity, seconds, steps)
+
+    def fine_tune(
+        self,
+        seed: int,
+        config_for: ConfigFor | None,
+        progress: bool = False,
+        label: str = "",
+        wrap: Callable[[Any, nn.Module], Any] | None = None,
+    ) -> tuple[nn.Module, Any]:
+        """Train (or, with ``pretrain_epochs``, fine-tune) seed's model, pruned when ``config_for``
+        is given: the model and its pruner, not yet finalized (None without ``config_for``).
+        ``wrap(pruner, model)`` may put an observer around the pruner that passes ``step()`` on."""
         model = self._starting_model(seed)
         # The fine-tune visits the data in another order than the pretraining did.
         torch.manual_seed(seed + 1000 if self.pretrain_epochs else seed)
@@ -158,20 +179,13 @@ class ImageTask:
             progress=progress,
             description=label,
         )
-        started = time.perf_counter()
-        channel = False
+        pruners = []
 
         def make(m: nn.Module, total: int) -> Any:
-            nonlocal channel
             config = config_for(total)  # type: ignore[misc]
-            channel = is_channel(config)
-            return prepare(m, config, example_inputs=self.data.x_train[:2] if channel else None)
+            pruner = prepare(m, config, example_inputs=self.data.x_train[:2] if is_channel(config) else None)
+            pruners.append(pruner)
+            return wrap(pruner, m) if wrap is not None else pruner
 
-        pruner = train(model, self.data, settings, make if config_for else None)
-        sparsity = pruner.finalize().achieved_sparsity if pruner is not None else 0.0
-        if channel:
-            pruner.shrink()  # measured as deployed: the smaller model
-        seconds = time.perf_counter() - started
-        accuracy = evaluate(model, self.data.x_test, self.data.y_test)
-        steps = self.epochs * steps_per_epoch(len(self.data.x_train), self.batch_size)
-        return RunOutcome(accuracy, sparsity, seconds, steps)
+        train(model, self.data, settings, make if config_for else None)
+        return model, (pruners[0] if pruners else None)

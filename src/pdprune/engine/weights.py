@@ -7,7 +7,9 @@ report = pruner.finalize()                # harden, fold masks into weights, det
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -17,7 +19,7 @@ from pdprune.config import NMConfig, UnstructuredConfig, WeightConfig
 from pdprune.engine.base import MaskInTraining, Pruner
 from pdprune.engine.collective import shared_values
 from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count
-from pdprune.patterns.specs import reduction_dim, reduction_group_size
+from pdprune.patterns.specs import output_units, reduction_dim, reduction_group_size
 from pdprune.patterns.weights import (
     WeightHook,
     WeightTarget,
@@ -86,7 +88,7 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
                     params=weight.numel(),
                     target_sparsity=budgets[name],
                     achieved_sparsity=1.0 - kept / weight.numel(),
-                    note=target.note,
+                    note=_joined(target.note, _starved_note(target, budgets[name])),
                     gain=self.config.method.gain_at_cut(target, self.state[name]),
                 )
             )
@@ -163,7 +165,38 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
         if not preview:
             # Every rank must prune the same layers equally; rank 0's view decides.
             values = shared_values(values, self.targets[names[0]].parameter.device, call)
-        return dict(zip(names, values))
+        budgets = dict(zip(names, values))
+        if not preview:
+            self._warn_starved(budgets)
+        return budgets
+
+    def _warn_starved(self, budgets: dict[str, float]) -> None:
+        """Warn once, when the budgets are fixed, about layers left fewer weights than outputs:
+        some of their outputs are certain to lose every weight, which can silence a whole network
+        (a 288-weight stem convolution at 98% keeps 6 weights for 32 channels)."""
+        starved = [
+            (n, t) for n, t in self.targets.items() if t.fixed is None and _starved_note(t, budgets[n])
+        ]
+        if not starved:
+            return
+        listing = "; ".join(
+            f"{name} keeps {keep_count(t.parameter.numel(), budgets[name])} of {t.parameter.numel()} weights "
+            f"for {_outputs(t)} outputs"
+            for name, t in starved[:4]
+        )
+        more = f" (and {len(starved) - 4} more)" if len(starved) > 4 else ""
+        rule = getattr(self.config, "budget", "")
+        why = {
+            "uniform": "uniform budgets give small layers the same sparsity as large ones",
+            "global": "the global magnitude ranking left these layers almost nothing",
+        }.get(rule, "these layers are too small for their budget")
+        warnings.warn(
+            f"{len(starved)} layer(s) keep fewer weights than they have outputs, so some outputs lose "
+            f"every weight and turn constant: {listing}{more}. {why.capitalize()}: budget='erk' keeps "
+            f"a share for every layer, overrides={{'{starved[0][1].users[0][0]}': 0.5}} lowers one layer's "
+            "sparsity, and exclude=[...] keeps a layer dense",
+            stacklevel=_user_stacklevel(),
+        )
 
     def _budget_values(self, targets: list[WeightTarget]) -> list[float]:
         raise NotImplementedError
@@ -240,3 +273,32 @@ class NMPruner(WeightPruner):
 
     def _budget_values(self, targets: list[WeightTarget]) -> list[float]:
         return [self.config.sparsity if t.fixed is None else t.fixed for t in targets]
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside pdprune, seen from the caller of this
+    function: budgets are fixed by ``step()``, ``finalize()`` or a report at varying depths."""
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _outputs(target: WeightTarget) -> int | None:
+    return output_units(target.users[0][1], tuple(target.parameter.shape))
+
+
+def _starved_note(target: WeightTarget, budget: float) -> str:
+    """A report note when ``budget`` keeps fewer of the target's weights than it has outputs."""
+    outputs = _outputs(target)
+    if outputs is None or target.nm is not None or budget == 0.0:
+        return ""
+    kept = keep_count(target.parameter.numel(), budget)
+    if kept >= outputs:
+        return ""
+    return f"keeps {kept} weights for {outputs} outputs: at least {outputs - kept} outputs lose every weight"
+
+
+def _joined(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)

@@ -241,6 +241,19 @@ def reduction_dim(module: nn.Module) -> int | None:
     return None
 
 
+def output_units(module: nn.Module, shape: tuple[int, ...]) -> int | None:
+    """How many outputs (features or channels) a layer's weight of ``shape`` feeds: dim 0 for
+    Linear and convolutions, dim 1 for transformers' ``Conv1D`` and (times the groups) for
+    transposed convolutions; None for a type whose layout pdprune does not know."""
+    if isinstance(module, _TRANSPOSED):
+        return shape[1] * module.groups
+    if is_transformers_conv1d(module):
+        return shape[1]
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return shape[0]
+    return None
+
+
 def reduction_group_size(module: nn.Module, shape: tuple[int, ...]) -> int | None:
     """How many consecutive weights along the reduction dimension one output sums over before
     another convolution group starts (the whole dimension unless a transposed conv is grouped)."""
