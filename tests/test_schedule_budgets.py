@@ -212,3 +212,102 @@ def test_output_units_follow_each_layout():
     assert output_units(transposed, tuple(transposed.weight.shape)) == 6
     assert output_units(Conv1D(), (4, 6)) == 6
     assert output_units(nn.Embedding(5, 3), (5, 3)) is None
+
+
+def _ranked_budgets(weights, sparsity, fixed=None):
+    """Global budgets by sorting every magnitude at once: the definition the counting must equal."""
+    sizes = [w.numel() for w in weights]
+    fixed = fixed or [None] * len(weights)
+    free = [i for i, f in enumerate(fixed) if f is None]
+    rest_keep = keep_count(sum(sizes), sparsity) - sum(
+        keep_count(n, f) for n, f in zip(sizes, fixed) if f is not None
+    )
+    mags = torch.cat([weights[i].reshape(-1).abs().float() for i in free])
+    owner = torch.cat([torch.full((sizes[i],), slot) for slot, i in enumerate(free)])
+    starts = [sum(sizes[j] for j in free[:slot]) for slot in range(len(free))]
+    for slot, i in enumerate(free):
+        mags[starts[slot] + int(weights[i].reshape(-1).abs().float().argmax())] = float("inf")
+    order = torch.sort(mags, descending=True, stable=True).indices[:rest_keep]
+    kept = torch.bincount(owner[order], minlength=len(free)).tolist()
+    result = list(fixed)
+    for slot, i in enumerate(free):
+        result[i] = 1.0 - kept[slot] / sizes[i]
+    return result
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 300), min_size=1, max_size=5),
+    levels=st.sampled_from([3, 50, None]),  # few distinct magnitudes (many ties), or continuous
+    sparsity=st.floats(0.0, 0.999),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    seed=st.integers(0, 2**16),
+    fix_first=st.booleans(),
+)
+def test_global_budgets_by_counting_equal_the_full_ranking(sizes, levels, sparsity, dtype, seed, fix_first):
+    generator = torch.Generator().manual_seed(seed)
+    weights = []
+    for n in sizes:
+        w = torch.randn(n, generator=generator)
+        if levels is not None:
+            w = torch.randint(-levels, levels + 1, (n,), generator=generator).float() / levels
+        weights.append(w.to(dtype))
+    fixed = [0.5] + [None] * (len(sizes) - 1) if fix_first and len(sizes) > 1 else None
+    try:
+        expected = _ranked_budgets(weights, sparsity, fixed)
+    except RuntimeError:
+        return
+    try:
+        got = global_magnitude_budgets(weights, sparsity, fixed)
+    except ValueError:  # more layers than weights to keep, or impossible overrides: said clearly
+        return
+    assert got == expected
+
+
+def test_global_budgets_over_shards_equal_those_of_whole_tensors():
+    """Each tensor cut into 3 shards along its rows (one empty), one thread per "rank", and a
+    reduce that combines the ranks' values as an all-reduce would: the budgets of whole tensors."""
+    import threading
+
+    torch.manual_seed(1)
+    weights = [torch.randn(6, 5), torch.randint(-2, 3, (4, 8)).float(), 0.1 * torch.randn(2, 3)]
+    world = 3
+    shards = [[w[2 * r : 2 * r + 2] for w in weights] for r in range(world)]  # the last tensor: 2 rows
+    barrier = threading.Barrier(world)
+    posted: list[torch.Tensor | None] = [None] * world
+    combined: list[torch.Tensor] = []
+
+    def reduce_on(rank):
+        def reduce(tensor, op):
+            posted[rank] = tensor.clone()
+            barrier.wait()
+            if rank == 0:
+                parts = torch.stack(posted)  # type: ignore[arg-type]
+                combined.append(parts.sum(0) if op == "sum" else parts.max(0).values)
+            barrier.wait()
+            return combined[-1].clone()
+
+        return reduce
+
+    results: list[list[float] | None] = [None] * world
+
+    def rank_main(rank):
+        results[rank] = global_magnitude_budgets(shards[rank], 0.8, reduce=reduce_on(rank))
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = global_magnitude_budgets(weights, 0.8)
+    assert expected == _ranked_budgets(weights, 0.8)
+    assert results == [expected] * world
+
+
+def test_global_budgets_name_the_tensor_that_holds_nan():
+    with pytest.raises(FloatingPointError, match=r"conv\.weight holds 2 NaN"):
+        global_magnitude_budgets(
+            [torch.randn(10), torch.tensor([1.0, float("nan"), float("nan")])],
+            0.5,
+            names=["fc.weight", "conv.weight"],
+        )

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from pdprune.functional.masks import check_finite, check_sparsity, keep_count
+from pdprune.functional.masks import check_sparsity, keep_count, nonfinite_error
 
-__all__ = ["erk_budgets", "global_magnitude_budgets"]
+__all__ = ["Reduce", "erk_budgets", "global_magnitude_budgets"]
+
+
+#: Combines per-shard statistics across the shards of sharded weights: ``reduce(tensor, op)``
+#: with ``op`` "sum" or "max" returns the elementwise result over all shards (every rank gets it).
+#: Unsharded weights need none: the default returns the tensor as it is.
+Reduce = Callable[[torch.Tensor, str], torch.Tensor]
+
+
+def _unsharded(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    return tensor
 
 
 def global_magnitude_budgets(
@@ -17,36 +27,84 @@ def global_magnitude_budgets(
     sparsity: float,
     fixed: Sequence[float | None] | None = None,
     names: Sequence[str] | None = None,
+    reduce: Reduce = _unsharded,
 ) -> list[float]:
     """Per-tensor sparsities from one magnitude ranking over all ``weights`` together.
 
     The overall sparsity across all tensors equals ``sparsity`` (to the nearest weight). Tensors
     whose entry in ``fixed`` is a number keep that sparsity; the remaining budget is spread over
-    the others by the ranking. Each tensor keeps at least one weight. Ties in magnitude are broken
-    by position so the result is deterministic.
+    the others by the ranking. Each tensor keeps at least one weight (its largest). Ties in
+    magnitude go to the earlier tensor, so the result is deterministic.
+
+    The ranking is never materialised: a radix select over the float32 bit patterns of the
+    magnitudes (which order as integers) finds the cut in four histogram passes, a byte at a
+    time, with one tensor's temporaries alive at a time. With sharded weights, pass each rank's
+    local shards (the same tensors in the same order on every rank) and a ``reduce`` over the
+    ranks: the budgets equal those of the whole tensors on one process.
     """
-    sizes = [w.numel() for w in weights]
+    total = reduce(torch.tensor([float(w.numel()) for w in weights], dtype=torch.float64), "sum")
+    sizes = [int(n) for n in total.tolist()]
     result, free, rest_keep = _split_fixed(sizes, sparsity, fixed)
     if not free:
         return result
-    free_sizes = [sizes[i] for i in free]
-    for i in free:
-        check_finite(weights[i], names[i] if names is not None else f"weight tensor #{i}")
-    device = weights[free[0]].device
-    mags = torch.cat([weights[i].detach().reshape(-1).abs().float().to(device) for i in free])
-    owner = torch.repeat_interleave(
-        torch.arange(len(free), device=device), torch.tensor(free_sizes, device=device)
+    chosen = [weights[i].detach() for i in free]
+    bad = reduce(
+        torch.tensor([float((~torch.isfinite(w)).sum()) for w in chosen], dtype=torch.float64), "sum"
     )
+    for slot, count in enumerate(bad.tolist()):
+        if count:
+            name = names[free[slot]] if names is not None else f"weight tensor #{free[slot]}"
+            raise nonfinite_error(name, int(count))
     # Every tensor keeps its largest weight (ranked first), so no layer is cut off entirely and
-    # the total stays exact.
-    starts = torch.tensor([0, *free_sizes[:-1]], device=device).cumsum(0)
-    largest = torch.stack([mags[s : s + n].argmax() for s, n in zip(starts.tolist(), free_sizes)]) + starts
-    mags[largest] = float("inf")
-    order = torch.sort(mags, descending=True, stable=True).indices[:rest_keep]
-    kept = torch.bincount(owner[order], minlength=len(free)).tolist()
+    # the total stays exact; the others are ranked without it.
+    largest = reduce(
+        torch.tensor([int(_magnitude_bits(w).max()) if w.numel() else -1 for w in chosen], dtype=torch.int64),
+        "max",
+    ).tolist()
+    wanted = rest_keep - len(free)  # how many of those others are kept
+    kept = [1] * len(free)
+    if wanted > 0:
+        cut, ties_needed = _radix_select(chosen, largest, wanted, reduce)
+        local = [[int((b > cut).sum()), int((b == cut).sum())] for b in map(_magnitude_bits, chosen)]
+        counts = reduce(torch.tensor(local, dtype=torch.int64), "sum").tolist()
+        for slot, ((above, equal), top) in enumerate(zip(counts, largest)):
+            ties = min(equal - (top == cut), ties_needed)  # earlier tensors take the ties first
+            kept[slot] += above - (top > cut) + ties
+            ties_needed -= ties
     for slot, i in enumerate(free):
         result[i] = 1.0 - kept[slot] / sizes[i]
     return result
+
+
+def _magnitude_bits(weight: torch.Tensor) -> torch.Tensor:
+    """The float32 magnitudes of ``weight`` as int32 bit patterns: for values >= 0 their order
+    as integers is their order as floats."""
+    return weight.reshape(-1).abs().float().view(torch.int32)
+
+
+def _radix_select(
+    weights: Sequence[torch.Tensor], excluded: Sequence[int], rank: int, reduce: Reduce
+) -> tuple[int, int]:
+    """The bit pattern of the ``rank``-th largest (1-based) magnitude of all ``weights``, leaving
+    out one element of bit pattern ``excluded[i]`` in each tensor i; and how many elements equal
+    to it rank up to and including it."""
+    prefix, remaining = 0, rank
+    for level, shift in enumerate((24, 16, 8, 0)):
+        histogram = torch.zeros(256, dtype=torch.int64)
+        for weight in weights:
+            bits = _magnitude_bits(weight)
+            if level:
+                bits = bits[(bits >> (shift + 8)) == prefix]
+            histogram += torch.bincount((bits >> shift) & 0xFF, minlength=256).cpu()
+        histogram = reduce(histogram, "sum")
+        for top in excluded:
+            if top >= 0 and (top >> (shift + 8)) == prefix:
+                histogram[(top >> shift) & 0xFF] -= 1
+        descending = histogram.flip(0).cumsum(0)  # elements at or above each byte value
+        position = int(torch.searchsorted(descending, torch.tensor([remaining])))
+        above = int(descending[position - 1]) if position else 0
+        prefix, remaining = (prefix << 8) | (255 - position), remaining - above
+    return prefix, remaining
 
 
 def erk_budgets(

@@ -90,12 +90,16 @@ def relative_temperature(weight: torch.Tensor, relative_tau: float) -> torch.Ten
 def check_finite(weight: torch.Tensor, name: str = "weight") -> None:
     """Raise a clear error if ``weight`` holds NaN or infinite values."""
     if not bool(torch.isfinite(weight).all()):
-        bad = int((~torch.isfinite(weight)).sum())
-        raise FloatingPointError(
-            f"{name} holds {bad} NaN or infinite value(s), so no pruning threshold can be taken. "
-            f"Training has diverged before this point: lower the learning rate, enable gradient "
-            f"clipping, or check the inputs and loss for NaN."
-        )
+        raise nonfinite_error(name, int((~torch.isfinite(weight)).sum()))
+
+
+def nonfinite_error(name: str, count: int) -> FloatingPointError:
+    """The error for a weight tensor that holds ``count`` NaN or infinite values."""
+    return FloatingPointError(
+        f"{name} holds {count} NaN or infinite value(s), so no pruning threshold can be taken. "
+        f"Training has diverged before this point: lower the learning rate, enable gradient "
+        f"clipping, or check the inputs and loss for NaN."
+    )
 
 
 def keep_count(numel: int, sparsity: float) -> int:
