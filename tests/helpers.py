@@ -65,3 +65,44 @@ def train_steps(model, pruner, optimizer, start: int, stop: int) -> None:
         loss.backward()
         optimizer.step()
         pruner.step()
+
+
+def run_as_ranks(world: int, work):
+    """``work(rank, reduce)`` on ``world`` threads at once, ``reduce(tensor, op)`` combining the
+    threads' tensors as an all-reduce would ("sum" or "max"); the list of their results. Stands in
+    for sharded collectives in tests of the pure selection maths."""
+    import threading
+
+    barrier = threading.Barrier(world)
+    posted: list[torch.Tensor | None] = [None] * world
+    combined: list[torch.Tensor] = []
+    results: list = [None] * world
+    errors: list[BaseException] = []
+
+    def reduce_on(rank: int):
+        def reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
+            posted[rank] = tensor.clone()
+            barrier.wait()
+            if rank == 0:
+                parts = torch.stack(posted)  # type: ignore[arg-type]
+                combined.append(parts.sum(0) if op == "sum" else parts.max(0).values)
+            barrier.wait()
+            return combined[-1].clone()
+
+        return reduce
+
+    def main(rank: int) -> None:
+        try:
+            results[rank] = work(rank, reduce_on(rank))
+        except BaseException as error:  # surfaced below, after every thread ended
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=main, args=(rank,)) for rank in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results

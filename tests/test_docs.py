@@ -497,6 +497,49 @@ def test_distributed_example_runs_in_a_one_process_group(tmp_path, monkeypatch):
     stock.load_state_dict(torch.load(tmp_path / "pruned.pt", weights_only=True))
 
 
+def test_fsdp2_example_runs_in_a_one_process_group(tmp_path, monkeypatch):
+    import socket
+
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    import pdprune
+
+    torch.manual_seed(0)
+    xs = torch.randn(64, 16)
+    ns = {
+        "MyModel": _mlp,
+        "config": pdprune.PruneConfig(
+            sparsity=0.9, schedule=pdprune.Schedule(total_steps=4, warmup=1, ramp=2)
+        ),
+        "train_loader": [(xs[i : i + 16], xs[i : i + 16, :8].argmax(1)) for i in range(0, 64, 16)],
+        "loss_fn": nn.CrossEntropyLoss(),
+    }
+    try:
+        run_example(DOCS / "distributed.md", "fsdp2", ns)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert ns["report"].achieved_sparsity == pytest.approx(0.9, abs=0.01)
+    stock = _mlp()
+    stock.load_state_dict(torch.load(tmp_path / "pruned.pt", weights_only=True))
+    pruned = [m.weight for m in stock.modules() if isinstance(m, nn.Linear)]
+    kept = sum(int(w.count_nonzero()) for w in pruned) / sum(w.numel() for w in pruned)
+    assert kept == pytest.approx(0.1, abs=0.01)
+
+
 def test_api_reference_is_generated_from_the_current_docstrings():
     import runpy
 

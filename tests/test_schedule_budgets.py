@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from benchmarks.harness.models import SmallResNet
 from pdprune import PruneConfig, Schedule, prepare
 from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count
+from tests.helpers import run_as_ranks
 
 
 def test_linear_ramp_in_steps():
@@ -265,43 +266,42 @@ def test_global_budgets_by_counting_equal_the_full_ranking(sizes, levels, sparsi
 
 
 def test_global_budgets_over_shards_equal_those_of_whole_tensors():
-    """Each tensor cut into 3 shards along its rows (one empty), one thread per "rank", and a
-    reduce that combines the ranks' values as an all-reduce would: the budgets of whole tensors."""
-    import threading
-
+    """Each tensor cut into 3 shards along its rows (one left empty), a thread per rank: the
+    budgets of the whole tensors on every rank."""
     torch.manual_seed(1)
     weights = [torch.randn(6, 5), torch.randint(-2, 3, (4, 8)).float(), 0.1 * torch.randn(2, 3)]
-    world = 3
-    shards = [[w[2 * r : 2 * r + 2] for w in weights] for r in range(world)]  # the last tensor: 2 rows
-    barrier = threading.Barrier(world)
-    posted: list[torch.Tensor | None] = [None] * world
-    combined: list[torch.Tensor] = []
-
-    def reduce_on(rank):
-        def reduce(tensor, op):
-            posted[rank] = tensor.clone()
-            barrier.wait()
-            if rank == 0:
-                parts = torch.stack(posted)  # type: ignore[arg-type]
-                combined.append(parts.sum(0) if op == "sum" else parts.max(0).values)
-            barrier.wait()
-            return combined[-1].clone()
-
-        return reduce
-
-    results: list[list[float] | None] = [None] * world
-
-    def rank_main(rank):
-        results[rank] = global_magnitude_budgets(shards[rank], 0.8, reduce=reduce_on(rank))
-
-    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(world)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    shards = [[w[2 * r : 2 * r + 2] for w in weights] for r in range(3)]
+    results = run_as_ranks(3, lambda rank, reduce: global_magnitude_budgets(shards[rank], 0.8, reduce=reduce))
     expected = global_magnitude_budgets(weights, 0.8)
     assert expected == _ranked_budgets(weights, 0.8)
-    assert results == [expected] * world
+    assert results == [expected] * 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 12),
+    world=st.integers(2, 4),
+    levels=st.sampled_from([1, 4, None]),
+    sparsity=st.floats(0.0, 0.99),
+    seed=st.integers(0, 2**16),
+)
+def test_a_hard_mask_over_shards_is_the_whole_tensors_mask_cut_the_same_way(
+    rows, world, levels, sparsity, seed
+):
+    from pdprune.functional import hard_mask
+    from pdprune.functional.select import top_magnitude_mask
+
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, 3, generator=generator)
+    if levels is not None:  # many ties, which go to the earlier rows, whichever rank holds them
+        weight = torch.randint(-levels, levels + 1, (rows, 3), generator=generator).float()
+    pieces = list(weight.chunk(world))
+    pieces += [weight[:0]] * (world - len(pieces))
+    keep = keep_count(weight.numel(), sparsity)
+    masks = run_as_ranks(
+        world, lambda rank, reduce: top_magnitude_mask(pieces[rank], keep, reduce, shard=(rank, world))
+    )
+    assert torch.equal(torch.cat(masks), hard_mask(weight, sparsity))
 
 
 def test_global_budgets_name_the_tensor_that_holds_nan():

@@ -13,12 +13,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from pdprune.config import NMConfig, UnstructuredConfig, WeightConfig
 from pdprune.engine.base import MaskInTraining, Pruner
 from pdprune.engine.collective import shared_values
-from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count
+from pdprune.engine.sharding import Shards, is_sharded, local_part, shards_of
+from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count, nm_hard_mask
+from pdprune.functional.masks import nonfinite_error
+from pdprune.functional.select import top_magnitude_mask
+from pdprune.methods.base import Method
 from pdprune.patterns.specs import output_units, reduction_dim, reduction_group_size
 from pdprune.patterns.weights import (
     WeightHook,
@@ -67,6 +72,11 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
         for name, target in self.targets.items():
             if target.nm is not None and 0.0 < target.progress < 1.0:
                 weight = target.parameter.detach()
+                if is_sharded(weight):  # collective: each rank counts its rows
+                    shards, local = shards_of(weight, name), local_part(weight)
+                    below = (local.abs().float() < target.nm_threshold(local)).sum().double()
+                    result[name] = float(shards.reduce(below.reshape(1), "sum")) / weight.numel()
+                    continue
                 result[name] = float((weight.abs().float() < target.nm_threshold(weight)).float().mean())
             else:
                 result[name] = target.sparsity
@@ -76,10 +86,11 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
         self._check_still_attached()
         budgets = self._budgets_for_view()
         measured = self.finalized or self.removed
+        preview_note = PREVIEW_NOTE if self.budgets is None and self._previews_uniform() else ""
         layers = []
         for name, target in self.targets.items():
             weight = target.parameter.detach()
-            kept = int(weight.count_nonzero()) if measured else keep_count(weight.numel(), budgets[name])
+            kept = self._kept(name, target) if measured else keep_count(weight.numel(), budgets[name])
             layers.append(
                 LayerReport(
                     name=name,
@@ -88,7 +99,7 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
                     params=weight.numel(),
                     target_sparsity=budgets[name],
                     achieved_sparsity=1.0 - kept / weight.numel(),
-                    note=_joined(target.note, _starved_note(target, budgets[name])),
+                    note=_joined(target.note, _starved_note(target, budgets[name]), preview_note),
                     gain=self.config.method.gain_at_cut(target, self.state[name]),
                 )
             )
@@ -134,12 +145,74 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
 
     def _final_mask(self, target: WeightTarget, budget: float) -> torch.Tensor:
         weight = target.parameter.detach()
+        if is_sharded(weight):
+            return self._final_shard_mask(target, budget)
         return self.config.method.final_weight_mask(weight, target, self.state[target.name], budget)
+
+    def _final_shard_mask(self, target: WeightTarget, budget: float) -> torch.Tensor:
+        """This rank's rows of the final mask of a weight FSDP2 shards (collective): the same
+        selection as on the whole tensor, from all-reduced histograms and counts."""
+        weight = target.parameter.detach()
+        shards, local = shards_of(weight, target.name), local_part(weight)
+        bad = shards.reduce(torch.tensor([float((~torch.isfinite(local)).sum())], dtype=torch.float64), "sum")
+        if bad.item():
+            raise nonfinite_error(target.name, int(bad.item()))
+        if target.nm is not None:
+            rows_per_shard = -(-weight.shape[0] // shards.count)
+            if target.dim == 0 and (rows_per_shard % target.nm.m or weight.shape[0] % target.nm.m):
+                raise ValueError(
+                    f"{target.name}: {target.nm} groups run along dim 0, which FSDP2 splits into "
+                    f"{rows_per_shard} rows per rank, so a group would straddle two ranks; shard over a "
+                    f"number of ranks that leaves a multiple of {target.nm.m} rows on each, or leave "
+                    "the layer out with exclude=[...]"
+                )
+            return nm_hard_mask(local, target.nm.n, target.nm.m, target.dim, name=target.name)
+        keep = keep_count(weight.numel(), budget)
+        if keep >= weight.numel():
+            return torch.ones_like(local, dtype=torch.bool)
+        return top_magnitude_mask(local, keep, shards.reduce, shards.shard)
 
     def _harden(self, target: WeightTarget, keep: torch.Tensor) -> None:
         # masked_fill, not multiply: pruned weights become +0.0, never -0.0 (which compressed
         # checkpoints would have to store as a value)
-        target.parameter.masked_fill_(~keep, 0)
+        local = local_part(target.parameter)
+        local.masked_fill_(~keep, 0)
+        if is_sharded(target.parameter):  # counted now, while every rank is here
+            count = torch.tensor([float(local.count_nonzero())], dtype=torch.float64)
+            target.kept_after_hardening = int(
+                shards_of(target.parameter, target.name).reduce(count, "sum").item()
+            )
+
+    def _kept(self, name: str, target: WeightTarget) -> int:
+        """Nonzero weights after finalize() or remove(); of a sharded weight, the count finalize()
+        took (a removed pruner counts its rows on every rank: collective)."""
+        weight = target.parameter.detach()
+        if not is_sharded(weight):
+            return int(weight.count_nonzero())
+        if self.finalized and target.kept_after_hardening is not None:
+            return target.kept_after_hardening
+        count = torch.tensor([float(local_part(weight).count_nonzero())], dtype=torch.float64)
+        return int(shards_of(weight, name).reduce(count, "sum").item())
+
+    def _previews_uniform(self) -> bool:
+        """Whether budgets not fixed yet preview as uniform: a global ranking of sharded weights."""
+        return getattr(self.config, "budget", None) == "global" and any(
+            is_sharded(t.parameter) for t in self.targets.values()
+        )
+
+    def _check_shardable(self) -> None:
+        """Under FSDP2, only methods whose final mask is the plain magnitude selection: GMP and
+        one-shot keep a whole-layer mask between steps, which is not sharded yet."""
+        method = self.config.method
+        sharded = [name for name, t in self.targets.items() if is_sharded(t.parameter)]
+        if sharded and type(method).final_weight_mask is not Method.final_weight_mask:
+            raise ValueError(
+                f"{type(method).__name__} keeps a whole mask per layer between steps, and pdprune does not "
+                f"shard those masks yet, but FSDP2 shards {sharded[0]}"
+                + (f" and {len(sharded) - 1} more" if len(sharded) > 1 else "")
+                + ". Under FSDP2 prune with PDP (or SR-STE for N:M); run the baselines under DDP or "
+                "on one process."
+            )
 
     def _versions(self) -> list[int]:
         return [t.parameter._version for t in self.targets.values()]
@@ -161,7 +234,13 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
                 f"or give the schedule a warm-up and materialize it before then"
             )
         names = list(self.targets)
-        values = self._budget_values([self.targets[n] for n in names])
+        if not preview:
+            self._check_shardable()
+        if preview and self._previews_uniform():  # the ranking needs every rank; stay local
+            fixed = [self.targets[n].fixed for n in names]
+            values = [self.config.sparsity if f is None else f for f in fixed]
+        else:
+            values = self._budget_values([self.targets[n] for n in names])
         if not preview:
             # Every rank must prune the same layers equally; rank 0's view decides.
             values = shared_values(values, self.targets[names[0]].parameter.device, call)
@@ -222,8 +301,20 @@ class UnstructuredPruner(WeightPruner):
         config = self.config
         fixed = [t.fixed for t in targets]
         if config.budget == "global":
+            sharded = [t for t in targets if is_sharded(t.parameter)]
+            if not sharded:
+                weights = [t.parameter for t in targets]
+                return global_magnitude_budgets(weights, config.sparsity, fixed, [t.name for t in targets])
+            shards = _common_shards(sharded)
+            # Rows of sharded weights from each rank; a weight every rank holds whole, from one rank.
+            parts = [
+                local_part(t.parameter.detach())
+                if is_sharded(t.parameter)
+                else t.parameter.detach().reshape(-1)[: t.parameter.numel() if shards.index == 0 else 0]
+                for t in targets
+            ]
             return global_magnitude_budgets(
-                [t.parameter for t in targets], config.sparsity, fixed, [t.name for t in targets]
+                parts, config.sparsity, fixed, [t.name for t in targets], reduce=shards.reduce
             )
         if config.budget == "erk":
             return erk_budgets([tuple(t.parameter.shape) for t in targets], config.sparsity, fixed)
@@ -302,3 +393,20 @@ def _starved_note(target: WeightTarget, budget: float) -> str:
 
 def _joined(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
+
+
+PREVIEW_NOTE = "previewed as uniform: the global ranking of sharded weights is fixed when warm-up ends"
+
+
+def _common_shards(targets: list[WeightTarget]) -> Shards:
+    """The one set of ranks that shards every sharded target (a ranking spans them all)."""
+    first = shards_of(targets[0].parameter, targets[0].name)
+    for target in targets[1:]:
+        other = shards_of(target.parameter, target.name)
+        if dist.get_process_group_ranks(other.group) != dist.get_process_group_ranks(first.group):
+            raise ValueError(
+                f"{targets[0].name} and {target.name} are sharded over different ranks; a global budget "
+                "ranks all weights together, so shard every pruned layer over the same mesh, or use "
+                "budget='erk' or 'uniform', which need no ranking"
+            )
+    return first

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from pdprune.functional.masks import check_sparsity, keep_count, nonfinite_error
+from pdprune.functional.select import Reduce, magnitude_bits, radix_select, unsharded
 
-__all__ = ["Reduce", "erk_budgets", "global_magnitude_budgets"]
-
-
-#: Combines per-shard statistics across the shards of sharded weights: ``reduce(tensor, op)``
-#: with ``op`` "sum" or "max" returns the elementwise result over all shards (every rank gets it).
-#: Unsharded weights need none: the default returns the tensor as it is.
-Reduce = Callable[[torch.Tensor, str], torch.Tensor]
-
-
-def _unsharded(tensor: torch.Tensor, op: str) -> torch.Tensor:
-    return tensor
+__all__ = ["erk_budgets", "global_magnitude_budgets"]
 
 
 def global_magnitude_budgets(
@@ -27,7 +18,7 @@ def global_magnitude_budgets(
     sparsity: float,
     fixed: Sequence[float | None] | None = None,
     names: Sequence[str] | None = None,
-    reduce: Reduce = _unsharded,
+    reduce: Reduce = unsharded,
 ) -> list[float]:
     """Per-tensor sparsities from one magnitude ranking over all ``weights`` together.
 
@@ -58,14 +49,14 @@ def global_magnitude_budgets(
     # Every tensor keeps its largest weight (ranked first), so no layer is cut off entirely and
     # the total stays exact; the others are ranked without it.
     largest = reduce(
-        torch.tensor([int(_magnitude_bits(w).max()) if w.numel() else -1 for w in chosen], dtype=torch.int64),
+        torch.tensor([int(magnitude_bits(w).max()) if w.numel() else -1 for w in chosen], dtype=torch.int64),
         "max",
     ).tolist()
     wanted = rest_keep - len(free)  # how many of those others are kept
     kept = [1] * len(free)
     if wanted > 0:
-        cut, ties_needed = _radix_select(chosen, largest, wanted, reduce)
-        local = [[int((b > cut).sum()), int((b == cut).sum())] for b in map(_magnitude_bits, chosen)]
+        cut, ties_needed = radix_select(chosen, wanted, reduce, excluded=largest)
+        local = [[int((b > cut).sum()), int((b == cut).sum())] for b in map(magnitude_bits, chosen)]
         counts = reduce(torch.tensor(local, dtype=torch.int64), "sum").tolist()
         for slot, ((above, equal), top) in enumerate(zip(counts, largest)):
             ties = min(equal - (top == cut), ties_needed)  # earlier tensors take the ties first
@@ -74,37 +65,6 @@ def global_magnitude_budgets(
     for slot, i in enumerate(free):
         result[i] = 1.0 - kept[slot] / sizes[i]
     return result
-
-
-def _magnitude_bits(weight: torch.Tensor) -> torch.Tensor:
-    """The float32 magnitudes of ``weight`` as int32 bit patterns: for values >= 0 their order
-    as integers is their order as floats."""
-    return weight.reshape(-1).abs().float().view(torch.int32)
-
-
-def _radix_select(
-    weights: Sequence[torch.Tensor], excluded: Sequence[int], rank: int, reduce: Reduce
-) -> tuple[int, int]:
-    """The bit pattern of the ``rank``-th largest (1-based) magnitude of all ``weights``, leaving
-    out one element of bit pattern ``excluded[i]`` in each tensor i; and how many elements equal
-    to it rank up to and including it."""
-    prefix, remaining = 0, rank
-    for level, shift in enumerate((24, 16, 8, 0)):
-        histogram = torch.zeros(256, dtype=torch.int64)
-        for weight in weights:
-            bits = _magnitude_bits(weight)
-            if level:
-                bits = bits[(bits >> (shift + 8)) == prefix]
-            histogram += torch.bincount((bits >> shift) & 0xFF, minlength=256).cpu()
-        histogram = reduce(histogram, "sum")
-        for top in excluded:
-            if top >= 0 and (top >> (shift + 8)) == prefix:
-                histogram[(top >> shift) & 0xFF] -= 1
-        descending = histogram.flip(0).cumsum(0)  # elements at or above each byte value
-        position = int(torch.searchsorted(descending, torch.tensor([remaining])))
-        above = int(descending[position - 1]) if position else 0
-        prefix, remaining = (prefix << 8) | (255 - position), remaining - above
-    return prefix, remaining
 
 
 def erk_budgets(

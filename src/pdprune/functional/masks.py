@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from pdprune.functional.select import top_magnitude_mask
+
 __all__ = [
     "EAGER_KERNELS",
     "MaskKernels",
@@ -400,7 +402,4 @@ def hard_mask(weight: torch.Tensor, sparsity: float, name: str = "weight") -> to
     k = keep_count(n, sparsity)
     if k >= n:
         return torch.ones_like(weight, dtype=torch.bool)
-    order = torch.sort(_magnitudes_f32(weight), descending=True, stable=True).indices
-    mask = torch.zeros(n, dtype=torch.bool, device=weight.device)
-    mask[order[:k]] = True
-    return mask.view_as(weight)
+    return top_magnitude_mask(weight, k)

@@ -61,6 +61,7 @@ class WeightTarget:
     steps_pruning: int = 0  # optimizer steps since warm-up ended
     epoch: int = 0  # bumped at every optimizer step, so nothing cached outlives a step
     calls: int = 0  # forward calls in training mode, to catch layers whose parent bypasses forward()
+    kept_after_hardening: int | None = None  # nonzero weights finalize() left in a sharded weight
 
     @property
     def parameter(self) -> nn.Parameter:

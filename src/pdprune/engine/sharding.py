@@ -1,0 +1,81 @@
+"""Weights that FSDP2 (``torch.distributed.fsdp.fully_shard``) holds as sharded DTensors.
+
+Inside a forward FSDP2 gathers each layer's whole weight, so PDP's masks and thresholds there
+need nothing from pdprune. Outside it each rank holds rows ``[r * c, (r + 1) * c)`` of every
+weight (``Shard(0)`` on a one-dimensional mesh), and what the pruner computes from the weights
+there (global budgets, hard masks, counts) runs on each rank's rows with a few all-reduces of
+histograms and counts, through :class:`Shards`. These are collective: every rank makes the call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Shards", "is_sharded", "local_part", "shards_of"]
+
+
+def _dtensor_type() -> type | None:
+    if not dist.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """True for a DTensor split across ranks (any ``Shard`` placement)."""
+    dtensor = _dtensor_type()
+    if dtensor is None or not isinstance(tensor, dtensor):
+        return False
+    return any(placement.is_shard() for placement in tensor.placements)
+
+
+def local_part(tensor: torch.Tensor) -> torch.Tensor:
+    """What this rank holds of ``tensor`` (the tensor itself unless it is a DTensor); in-place
+    changes to it change the DTensor."""
+    dtensor = _dtensor_type()
+    return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor) else tensor
+
+
+@dataclass(frozen=True)
+class Shards:
+    """The ranks across which a weight's rows are split, and this rank's place among them."""
+
+    group: dist.ProcessGroup
+    index: int
+    count: int
+
+    def reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        """All-reduce ``tensor`` ("sum" or "max") over the shards; NCCL's copy travels on the GPU."""
+        device = tensor.device
+        if dist.get_backend(self.group) == "nccl" and device.type != "cuda":
+            tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        else:
+            tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=self.group)
+        return tensor.to(device)
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return self.index, self.count
+
+
+def shards_of(tensor: torch.Tensor, name: str) -> Shards:
+    """The :class:`Shards` of a sharded ``tensor``; a clear error for layouts pdprune cannot
+    split its selections over (anything but rows over a one-dimensional mesh)."""
+    from torch.distributed.tensor import Shard
+
+    mesh = tensor.device_mesh  # type: ignore[attr-defined]
+    placements = tuple(tensor.placements)  # type: ignore[attr-defined]
+    if mesh.ndim != 1 or placements != (Shard(0),):
+        raise ValueError(
+            f"{name} is sharded as {placements} over a {mesh.ndim}-dimensional device mesh; pdprune "
+            "prunes weights sharded along their rows over one mesh dimension, which is what "
+            "fully_shard(module) does by default. Shard with fully_shard on a 1-D mesh (for "
+            "HSDP, keep the pruned layers out of the replicated mesh dimension), or leave this "
+            "layer out with exclude=[...]."
+        )
+    return Shards(mesh.get_group(), mesh.get_local_rank(), mesh.size())

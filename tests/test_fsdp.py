@@ -1,0 +1,186 @@
+"""Under FSDP2 (fully_shard, DTensor weights) pruning gives what one process gives.
+
+Every rank trains on the whole batch, so the averaged gradients equal one process's bit for bit
+and any difference would come from pruning over sharded weights: the budgets, the hard masks
+and the counts are compared exactly with a single-process run of the same model and data.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import pdprune
+
+STEPS = 24
+CASES = {
+    "global-before": {"budget": "global", "order": "before"},
+    "global-after": {"budget": "global", "order": "after"},
+    "erk-before": {"budget": "erk", "order": "before"},
+    "uniform-before": {"budget": "uniform", "order": "before"},
+    "2:4-before": {"pattern": "2:4", "order": "before"},
+    "srste-2:4-after": {"pattern": "2:4", "order": "after", "method": "srste"},
+    # Weights on a coarse grid and no updates: many equal magnitudes at every cut, on both ranks.
+    "ties-global": {"budget": "global", "order": "before", "lr": 0.0, "grid": 4},
+    "ties-uniform": {"budget": "uniform", "order": "after", "lr": 0.0, "grid": 4},
+}
+
+
+def _config(case: dict) -> pdprune.PruneConfig:
+    from tests.helpers import config
+
+    settings = {k: v for k, v in case.items() if k not in ("order", "lr", "grid")}
+    if "pattern" in settings:
+        schedule = pdprune.Schedule(total_steps=STEPS, warmup=4, ramp=10)
+        method = pdprune.baselines.SRSTE() if settings.get("method") == "srste" else pdprune.PDP()
+        return pdprune.PruneConfig(pattern=settings["pattern"], schedule=schedule, method=method)
+    return config(total=STEPS, warmup=4, ramp=10, **settings)
+
+
+def _model(case: dict) -> nn.Module:
+    from tests.helpers import mlp
+
+    model = mlp(seed=0)
+    if "grid" in case:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(torch.round(parameter * case["grid"]) / case["grid"])
+    return model
+
+
+def _train(model: nn.Module, pruner, preview: list, lr: float) -> None:
+    from tests.helpers import batch
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for step in range(STEPS):
+        x, y = batch(step)
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruner.step()
+        if step == 1:  # during warm-up: local, fixes nothing
+            preview.append(pruner.report())
+
+
+def _outcome(model: nn.Module, pruner, preview: list) -> dict:
+    report = pruner.finalize()
+    full = {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+        for k, v in model.state_dict().items()
+    }
+    return {
+        "budgets": dict(pruner.budgets),
+        "weights": full,
+        "kept": [layer.achieved_sparsity for layer in report.layers],
+        "preview_notes": [layer.note for layer in preview[0].layers],
+    }
+
+
+def _errors(rank: int, fully_shard) -> dict[str, str]:
+    """What each rank raises for a NaN on one rank's rows and for a baseline FSDP2 cannot run."""
+    from tests.helpers import batch
+
+    errors = {}
+    model = _model({})
+    pruner = pdprune.prepare(model, _config({"budget": "global"}))
+    for layer in (model[0], model[2], model[4]):
+        fully_shard(layer)
+    fully_shard(model)
+    if rank == 1:
+        with torch.no_grad():
+            model[2].weight.to_local()[0, 0] = float("nan")
+    try:
+        pruner.finalize()  # warm-up has not ended: fixes the budgets, then hardens
+    except FloatingPointError as error:
+        errors["nan"] = str(error)
+    model = _model({})
+    config = _config({"budget": "uniform"})
+    pruner = pdprune.prepare(
+        model, pdprune.PruneConfig(**{**vars(config), "method": pdprune.baselines.GMP()})
+    )
+    fully_shard(model)
+    try:
+        for step in range(6):
+            model(batch(step)[0]).sum().backward()
+            pruner.step()
+    except ValueError as error:
+        errors["gmp"] = str(error)
+    # 2:4 groups along a transposed convolution's rows: 12 rows, 6 per rank, so groups straddle.
+    model = nn.Sequential(nn.ConvTranspose1d(12, 4, 1))
+    schedule = pdprune.Schedule(total_steps=4, warmup=0, ramp=0)
+    pruner = pdprune.prepare(model, pdprune.PruneConfig(pattern="2:4", schedule=schedule))
+    fully_shard(model)
+    try:
+        pruner.finalize()
+    except ValueError as error:
+        errors["straddle"] = str(error)
+    return errors
+
+
+def _worker(rank: int, world: int, store_file: str, result_dir: str) -> None:
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+    try:
+        results = {}
+        for name, case in CASES.items():
+            model = _model(case)
+
+            def shard(model=model):
+                for layer in (model[0], model[2], model[4]):
+                    fully_shard(layer)
+                fully_shard(model)
+
+            if case["order"] == "before":
+                pruner = pdprune.prepare(model, _config(case))
+                shard()
+            else:
+                shard()
+                pruner = pdprune.prepare(model, _config(case))
+            preview: list = []
+            _train(model, pruner, preview, case.get("lr", 0.05))
+            results[name] = _outcome(model, pruner, preview)
+        results["errors"] = _errors(rank, fully_shard)
+        torch.save(results, os.path.join(result_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_fsdp2_prunes_exactly_as_one_process(tmp_path):
+    world = 2
+    mp.spawn(_worker, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
+    for name, case in CASES.items():
+        model = _model(case)
+        pruner = pdprune.prepare(model, _config(case))
+        preview: list = []
+        _train(model, pruner, preview, case.get("lr", 0.05))
+        expected = _outcome(model, pruner, preview)
+        for rank in ranks:
+            got = rank[name]
+            assert got["budgets"] == expected["budgets"], name
+            assert got["kept"] == expected["kept"], name
+            for key, value in expected["weights"].items():
+                assert torch.equal(got["weights"][key], value), (name, key)
+        notes = ranks[0][name]["preview_notes"]
+        if case.get("budget") == "global":
+            assert all("previewed as uniform" in note for note in notes), notes
+        else:
+            assert not any("previewed" in note for note in notes), notes
+    for rank in ranks:  # every rank raises, none waits for the others in a collective
+        assert "2.weight holds 1 NaN" in rank["errors"]["nan"]
+        assert "GMP keeps a whole mask per layer" in rank["errors"]["gmp"]
+        assert "prune with PDP" in rank["errors"]["gmp"]
+        assert "0.weight: 2:4 groups run along dim 0" in rank["errors"]["straddle"]
+        assert "6 rows per rank" in rank["errors"]["straddle"]
