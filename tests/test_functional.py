@@ -195,3 +195,25 @@ def test_threshold_hint_near_the_answer_is_used_and_exact(monkeypatch):
     monkeypatch.setattr(torch, "topk", lambda x, k, **kw: (sizes.append(x.numel()), real_topk(x, k, **kw))[1])
     assert torch.equal(midpoint_threshold(weight, 0.9, hint=float(reference) * 1.01), reference)
     assert sizes and max(sizes) < 5_000  # a narrow band, not the whole tensor
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.integers(2, 400),
+    levels=st.sampled_from([1, 3, None]),
+    sparsity=st.floats(0.0, 0.999),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    seed=st.integers(0, 2**16),
+)
+def test_threshold_equals_the_midpoint_of_the_sorted_magnitudes(size, levels, sparsity, dtype, seed):
+    """Whatever selection finds a(k) and a(k+1) (a quickselect on CPU), they are the k-th and
+    (k+1)-th of the magnitudes sorted, ties and all."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(size, generator=generator)
+    if levels is not None:
+        weight = torch.randint(-levels, levels + 1, (size,), generator=generator).float() / levels
+    weight = weight.to(dtype)
+    k = keep_count(size, sparsity)
+    ranked = weight.abs().float().sort(descending=True).values
+    expected = 0.0 if k >= size else 0.5 * (ranked[k - 1] + ranked[k])
+    assert torch.equal(midpoint_threshold(weight, sparsity), torch.as_tensor(expected, dtype=torch.float32))

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks.harness.models import SmallResNet
+from benchmarks.harness.reference import ranked_budgets
 from pdprune import PruneConfig, Schedule, prepare
 from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count
 from tests.helpers import run_as_ranks
@@ -215,27 +216,6 @@ def test_output_units_follow_each_layout():
     assert output_units(nn.Embedding(5, 3), (5, 3)) is None
 
 
-def _ranked_budgets(weights, sparsity, fixed=None):
-    """Global budgets by sorting every magnitude at once: the definition the counting must equal."""
-    sizes = [w.numel() for w in weights]
-    fixed = fixed or [None] * len(weights)
-    free = [i for i, f in enumerate(fixed) if f is None]
-    rest_keep = keep_count(sum(sizes), sparsity) - sum(
-        keep_count(n, f) for n, f in zip(sizes, fixed) if f is not None
-    )
-    mags = torch.cat([weights[i].reshape(-1).abs().float() for i in free])
-    owner = torch.cat([torch.full((sizes[i],), slot) for slot, i in enumerate(free)])
-    starts = [sum(sizes[j] for j in free[:slot]) for slot in range(len(free))]
-    for slot, i in enumerate(free):
-        mags[starts[slot] + int(weights[i].reshape(-1).abs().float().argmax())] = float("inf")
-    order = torch.sort(mags, descending=True, stable=True).indices[:rest_keep]
-    kept = torch.bincount(owner[order], minlength=len(free)).tolist()
-    result = list(fixed)
-    for slot, i in enumerate(free):
-        result[i] = 1.0 - kept[slot] / sizes[i]
-    return result
-
-
 @settings(max_examples=150, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 300), min_size=1, max_size=5),
@@ -255,7 +235,7 @@ def test_global_budgets_by_counting_equal_the_full_ranking(sizes, levels, sparsi
         weights.append(w.to(dtype))
     fixed = [0.5] + [None] * (len(sizes) - 1) if fix_first and len(sizes) > 1 else None
     try:
-        expected = _ranked_budgets(weights, sparsity, fixed)
+        expected = ranked_budgets(weights, sparsity, fixed)
     except RuntimeError:
         return
     try:
@@ -273,7 +253,7 @@ def test_global_budgets_over_shards_equal_those_of_whole_tensors():
     shards = [[w[2 * r : 2 * r + 2] for w in weights] for r in range(3)]
     results = run_as_ranks(3, lambda rank, reduce: global_magnitude_budgets(shards[rank], 0.8, reduce=reduce))
     expected = global_magnitude_budgets(weights, 0.8)
-    assert expected == _ranked_budgets(weights, 0.8)
+    assert expected == ranked_budgets(weights, 0.8)
     assert results == [expected] * 3
 
 

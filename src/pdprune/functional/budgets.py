@@ -28,7 +28,7 @@ def global_magnitude_budgets(
     magnitude go to the earlier tensor, so the result is deterministic.
 
     The ranking is never materialised: a radix select over the float32 bit patterns of the
-    magnitudes (which order as integers) finds the cut in four histogram passes, a byte at a
+    magnitudes (which order as integers) finds the cut in two histogram passes, 16 bits at a
     time, with one tensor's temporaries alive at a time. With sharded weights, pass each rank's
     local shards (the same tensors in the same order on every rank) and a ``reduce`` over the
     ranks: the budgets equal those of the whole tensors on one process.

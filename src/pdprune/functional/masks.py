@@ -162,9 +162,24 @@ def midpoint_threshold(
             pair = _pair_in_band(mags, k, hint * (1.0 - width), hint * (1.0 + width))
             if pair is not None:
                 return 0.5 * (pair[0] + pair[1])
+    if mags.device.type == "cpu":
+        kth, next_kth = _pair_by_selection(mags, k)
+        return 0.5 * (kth + next_kth)
     # The (k+1) largest magnitudes: the last two are a(k) and a(k+1).
     top = torch.topk(mags, k + 1, sorted=True).values
     return 0.5 * (top[k - 1] + top[k])
+
+
+def _pair_by_selection(mags: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """a(k) and a(k+1), the k-th and (k+1)-th largest of ``mags`` (0 < k < n), by one selection
+    and a pass: on CPU a quickselect costs the same at any k, where a top-k of k + 1 elements
+    sorts nearly the whole tensor when k is close to n (early in a ramp)."""
+    n = mags.numel()
+    kth = torch.kthvalue(mags, n - k + 1).values  # the (n - k + 1)-th smallest is the k-th largest
+    below = mags < kth
+    if int(below.sum()) < n - k:  # a(k + 1) ties with a(k)
+        return kth, kth
+    return kth, torch.where(below, mags, torch.zeros((), dtype=mags.dtype)).max()
 
 
 def threshold_by_counts(
