@@ -15,6 +15,7 @@ another:
 - ``pdp-global-ranked``: global budgets by the full sort of every magnitude at once
   (``benchmarks.harness.reference.ranked_budgets``, what the library did before counting).
 
+Each variant runs ``--repeats`` times, in rounds over the variants; the table gives medians.
 Within a process, the peak before the step that ends warm-up is that process's dense training
 peak; the peak after it includes fixing the budgets, and their ratio is the budgets' memory spike.
 The first masked step's time is compared with the median of the later ones. Writes
@@ -46,14 +47,14 @@ from pdprune.machine import machine_info
 
 OUT = RESULTS / "budget_cost"
 VARIANTS = ("dense", "pdp-global", "pdp-erk", "pdp-global-eager", "pdp-global-ranked")
-WIDTHS = (2048, 4096, 4096, 4096, 2048)
+WIDTHS = (2048, 4096, 4096, 4096, 2048)  # 50.3M weights
 RAMP = 1000  # steps; only the first few run
 
 
-def _model() -> nn.Module:
+def _model(widths: Sequence[int]) -> nn.Module:
     torch.manual_seed(0)
     layers: list[nn.Module] = []
-    for a, b in itertools.pairwise(WIDTHS):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers[:-1])
 
@@ -62,10 +63,10 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(variant: str, warmup: int, pruning: int) -> dict:
+def measure(variant: str, warmup: int, pruning: int, widths: Sequence[int] = WIDTHS) -> dict:
     """One variant's run in this process: peaks and step times."""
     torch.set_num_threads(1)
-    model = _model()
+    model = _model(widths)
     weights = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight"))
     pruner = None
     if variant != "dense":
@@ -83,8 +84,8 @@ def measure(variant: str, warmup: int, pruning: int) -> dict:
         pruner = pdprune.prepare(model, config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(64, WIDTHS[0], generator=generator)
-    y = torch.randn(64, WIDTHS[-1], generator=generator)
+    x = torch.randn(64, widths[0], generator=generator)
+    y = torch.randn(64, widths[-1], generator=generator)
     seconds, peaks = [], []
     for _ in range(warmup + pruning):
         started = time.perf_counter()
@@ -111,6 +112,17 @@ def measure(variant: str, warmup: int, pruning: int) -> dict:
     }
 
 
+def _medians(variant: str, repeats: list[dict]) -> dict:
+    """Each measured quantity's median over the variant's processes (and the values, for the record)."""
+    keys = [k for k, v in repeats[0].items() if isinstance(v, float)]
+    return {
+        "variant": variant,
+        "weights": repeats[0]["weights"],
+        **{k: statistics.median(r[k] for r in repeats) for k in keys},
+        "repeats": repeats,
+    }
+
+
 def markdown(result: dict) -> str:
     machine = result["machine"]
     rows = result["runs"]
@@ -123,11 +135,12 @@ def markdown(result: dict) -> str:
         f"Machine: {machine['cpu']} (1 torch thread per run), torch {machine['torch']}, "
         f"Python {machine['python']}",
         "",
-        f"{dense['weights'] / 1e6:.1f}M weights (Linear {'-'.join(map(str, WIDTHS))}), Adam, batch 64, "
+        f"{dense['weights'] / 1e6:.1f}M weights (Linear {'-'.join(map(str, result['widths']))}), "
+        "Adam, batch 64, "
         f"{result['warmup']} steps of warm-up, then {result['pruning']} steps of a {RAMP}-step ramp to 90%; "
-        "each variant in its own process. Peak resident memory in MiB: before the step that ends "
-        "warm-up (the process's dense training peak), after it (budgets fixed), and overall, against "
-        "the dense process. Step times in seconds.",
+        f"each variant in its own process, {result['repeats']} processes each, medians. Peak resident "
+        "memory in MiB: before the step that ends warm-up (the process's dense training peak), after "
+        "it (budgets fixed), and overall, against the dense process. Step times in seconds.",
         "",
         "| variant | dense peak | after fixing budgets | x dense peak | overall | x dense process | "
         "dense step | budget step | first masked step | later masked, median | first / later |",
@@ -160,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--warmup", type=int, default=5, help="warm-up steps (>= 3)")
     parser.add_argument("--pruning", type=int, default=6, help="masked steps that run (>= 2)")
+    parser.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS), help="the MLP's layer widths")
+    parser.add_argument("--repeats", type=int, default=3, help="processes per variant; medians reported")
     parser.add_argument("--tag", default="cpu")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -169,21 +184,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "dense" not in args.variants:
         parser.error("the table compares with the dense run: keep dense among --variants")
     if args.child:
-        print(json.dumps(measure(args.child, args.warmup, args.pruning)))
+        print(json.dumps(measure(args.child, args.warmup, args.pruning, args.widths)))
         return 0
-    runs = []
-    for variant in args.variants:
-        command = [sys.executable, "-m", "benchmarks.budget_cost", "--child", variant]
-        command += ["--warmup", str(args.warmup), "--pruning", str(args.pruning)]
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"{variant}: peak {runs[-1]['peak_mib']:.0f} MiB", flush=True)
+    measured: dict[str, list[dict]] = {variant: [] for variant in args.variants}
+    for repeat in range(args.repeats):  # rounds over the variants, so a noisy spell hits them all
+        for variant in args.variants:
+            command = [sys.executable, "-m", "benchmarks.budget_cost", "--child", variant]
+            command += ["--warmup", str(args.warmup), "--pruning", str(args.pruning), "--widths"]
+            command += [str(w) for w in args.widths]
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+            measured[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(
+                f"round {repeat + 1}, {variant}: peak {measured[variant][-1]['peak_mib']:.0f} MiB", flush=True
+            )
+    runs = [_medians(variant, repeats) for variant, repeats in measured.items()]
     result = {
         "benchmark": "budget_cost",
         **provenance("benchmarks.budget_cost", argv),
         "machine": machine_info(),
         "warmup": args.warmup,
         "pruning": args.pruning,
+        "repeats": args.repeats,
+        "widths": args.widths,
         "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
