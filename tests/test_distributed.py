@@ -72,3 +72,27 @@ def test_masks_identical_on_every_rank_under_ddp(tmp_path):
             assert torch.equal(other["soft"][name], first["soft"][name]), name
         for key in first["final"]:
             assert torch.equal(other["final"][key], first["final"][key]), key
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_pruner_state_keys_do_not_depend_on_the_ddp_wrapper(tmp_path):
+    from tests.helpers import config, mlp, train_steps
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(mlp(seed=0))
+        pruner = pdprune.prepare(wrapped, config(total=20, warmup=2, ramp=5))  # wrap, then prepare
+        optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.05)
+        train_steps(wrapped, pruner, optimizer, 0, 8)
+        saved = pruner.state_dict()
+    finally:
+        dist.destroy_process_group()
+    assert not any(name.startswith("module.") for name in saved["method_state"])
+    plain = mlp(seed=0)
+    plain.load_state_dict(wrapped.module.state_dict())
+    again = pdprune.prepare(plain, config(total=20, warmup=2, ramp=5))
+    again.load_state_dict(saved)  # a DDP checkpoint resumes in one process...
+    assert again.state_dict() == saved  # ...and what it saves loads back the same
+    assert {k: bool(v.equal(again.masks()[k])) for k, v in pruner.masks().items()} == dict.fromkeys(
+        saved["budgets"], True
+    )

@@ -60,12 +60,15 @@ def prepare(model: nn.Module, config: PruneConfig, example_inputs: Any = None) -
     schedule's warm-up is over. Returns the pruner that drives the schedule: call its ``step()``
     after every optimizer step and ``finalize()`` at the end. Channel pruning traces the model to
     find coupled channels and needs ``example_inputs``: one batch as the model takes it (a
-    tensor, a tuple of positional arguments or a dict of keyword arguments).
+    tensor, a tuple of positional arguments or a dict of keyword arguments). A
+    DistributedDataParallel or DataParallel wrapper is looked through: the inner model is pruned,
+    with the same layer names as when it is prepared before wrapping.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare() takes an nn.Module, got {type(model).__name__}")
     if not isinstance(config, PruneConfig):
         raise TypeError(f"prepare() takes a pdprune.PruneConfig, got {type(config).__name__}")
+    model = _unwrapped(model)
     pruner_type = next((PRUNERS[t] for t in type(config).__mro__ if t in PRUNERS), None)
     if pruner_type is None:
         raise TypeError(f"no pruner is registered for {type(config).__name__}; use pdprune.register()")
@@ -88,6 +91,15 @@ def prepare(model: nn.Module, config: PruneConfig, example_inputs: Any = None) -
             )
         return pruner_type(model, config, example_inputs)  # type: ignore[call-arg]
     return pruner_type(model, config)  # type: ignore[call-arg]
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel or DataParallel: layer names, and so the keys of
+    the pruner's state, are the same whether it was prepared before wrapping or after, and a
+    checkpoint from a DDP run loads in one process."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
 
 
 def _has_pdprune_hook(module: nn.Module) -> bool:
