@@ -123,6 +123,54 @@ def _errors(rank: int, fully_shard) -> dict[str, str]:
     return errors
 
 
+def _run_sharded(
+    rank: int, fully_shard, stop: int, save: Path | None = None, load: Path | None = None
+) -> dict:
+    """Global budgets, PDP, steps up to ``stop``: from scratch or from a checkpoint in ``load``
+    (model and optimizer through torch.distributed.checkpoint, the pruner's state as JSON), saving
+    one in ``save`` at the end. Returns the whole final weights after finalize() when ``stop`` is the end."""
+    import json
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from tests.helpers import batch
+
+    model = _model({})
+    pruner = pdprune.prepare(model, _config({"budget": "global"}))
+    for layer in (model[0], model[2], model[4]):
+        fully_shard(layer)
+    fully_shard(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    start = 0
+    if load is not None:
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state}
+        dcp.load(state, checkpoint_id=str(load))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        pruner.load_state_dict(json.loads((load / "pruner.json").read_text()))
+        start = pruner.step_count
+    for step in range(start, stop):
+        x, y = batch(step)
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruner.step()
+    if save is not None:
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(save))
+        if rank == 0:
+            (save / "pruner.json").write_text(json.dumps(pruner.state_dict()))
+        dist.barrier()
+        return {}
+    pruner.finalize()
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+        for k, v in model.state_dict().items()
+    }
+
+
 def _worker(rank: int, world: int, store_file: str, result_dir: str, names: list[str]) -> None:
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:
@@ -153,6 +201,11 @@ def _worker(rank: int, world: int, store_file: str, result_dir: str, names: list
             results[name] = _outcome(model, pruner, preview)
         if world == 2:
             results["errors"] = _errors(rank, fully_shard)
+            # Interrupted in the ramp (step 9 of 24) and resumed from a sharded checkpoint.
+            checkpoint = Path(result_dir) / "checkpoint"
+            results["uninterrupted"] = _run_sharded(rank, fully_shard, STEPS)
+            _run_sharded(rank, fully_shard, 9, save=checkpoint)
+            results["resumed"] = _run_sharded(rank, fully_shard, STEPS, load=checkpoint)
         torch.save(results, os.path.join(result_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -187,6 +240,9 @@ def test_fsdp2_prunes_exactly_as_one_process(tmp_path, world, names):
             assert not any("previewed" in note for note in notes), notes
     if world != 2:
         return
+    for rank in ranks:
+        for key, value in rank["uninterrupted"].items():
+            assert torch.equal(rank["resumed"][key], value), key
     for rank in ranks:  # every rank raises, none waits for the others in a collective
         assert "2.weight holds 1 NaN" in rank["errors"]["nan"]
         assert "GMP keeps a whole mask per layer" in rank["errors"]["gmp"]
