@@ -7,6 +7,7 @@ and the counts are compared exactly with a single-process run of the same model 
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,58 @@ def test_fsdp2_prunes_exactly_as_one_process(tmp_path, world, names):
         assert "prune with PDP" in rank["errors"]["gmp"]
         assert "0.weight: 2:4 groups run along dim 0" in rank["errors"]["straddle"]
         assert "6 rows per rank" in rank["errors"]["straddle"]
+
+
+def _finalize_alone(rank: int, store_file: str, result_dir: str) -> None:
+    """After warm-up (budgets fixed) rank 1 finalizes and rank 0 does not."""
+    import datetime
+    import json
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from torch.distributed.fsdp import fully_shard
+
+    from pdprune.engine import collective
+    from tests.helpers import batch
+
+    collective.WARN_AFTER = datetime.timedelta(seconds=1)
+    collective.MEET_TIMEOUT = datetime.timedelta(seconds=4)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
+    store = dist.distributed_c10d._get_default_store()
+    try:
+        model = _model({})
+        pruner = pdprune.prepare(model, _config({"budget": "global"}))
+        fully_shard(model)
+        for step in range(6):  # past warm-up: the budgets are fixed, every rank was there
+            model(batch(step)[0]).sum().backward()
+            pruner.step()
+        if rank == 1:
+            started = time.monotonic()
+            try:
+                pruner.finalize()
+                outcome = "finalized"
+            except RuntimeError as error:
+                outcome = f"error: {error}"
+            record = {"seconds": time.monotonic() - started, "outcome": outcome}
+            Path(result_dir, "rank1.json").write_text(json.dumps(record))
+            store.set("done", "1")
+        else:
+            store.wait(["done"], datetime.timedelta(seconds=60))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_a_rank_that_hardens_sharded_weights_alone_fails_fast_and_says_why(tmp_path):
+    import json
+
+    mp.spawn(_finalize_alone, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    record = json.loads((tmp_path / "rank1.json").read_text())
+    assert record["outcome"].startswith("error") and record["seconds"] < 30
+    assert (
+        "reached finalize(), which all-reduces over the rows of weights that FSDP2 shards"
+        in record["outcome"]
+    )
+    assert "rank(s) [0]" in record["outcome"]

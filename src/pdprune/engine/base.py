@@ -133,6 +133,7 @@ class Pruner(Generic[ConfigT, TargetT]):
                 stacklevel=2,
             )
         budgets = self._ensure_budgets("finalize()")
+        self._meet_for_shards("finalize()")
         with torch.no_grad():
             final = {name: self._final_mask(target, budgets[name]) for name, target in self.targets.items()}
             for name, target in self.targets.items():
@@ -153,6 +154,7 @@ class Pruner(Generic[ConfigT, TargetT]):
         """The boolean keep-masks :meth:`finalize` would apply now (per target)."""
         self._check_still_attached()
         budgets = self._budgets_for_view()
+        self._meet_for_shards("masks()")
         with torch.no_grad():
             return {name: self._final_mask(t, budgets[name]).clone() for name, t in self.targets.items()}
 
@@ -354,6 +356,9 @@ class Pruner(Generic[ConfigT, TargetT]):
     def _attach(self, target: TargetT) -> list[torch.utils.hooks.RemovableHandle]:
         """Hooks that make the target's modules compute with the method's mask."""
         raise NotImplementedError
+
+    def _meet_for_shards(self, call: str) -> None:
+        """Before a call that all-reduces over weights FSDP2 shards: every rank must be there."""
 
     def _compute_budgets(self, preview: bool, call: str) -> dict[str, float]:
         """Per-target budgets; ``preview`` for inspection only (no collective)."""

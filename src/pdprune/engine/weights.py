@@ -18,7 +18,7 @@ from torch import nn
 
 from pdprune.config import NMConfig, UnstructuredConfig, WeightConfig
 from pdprune.engine.base import MaskInTraining, Pruner
-from pdprune.engine.collective import shared_values
+from pdprune.engine.collective import distributed, meet, shared_values
 from pdprune.engine.sharding import Shards, is_sharded, local_part, shards_of
 from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count, nm_hard_mask
 from pdprune.functional.masks import nonfinite_error
@@ -69,6 +69,8 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
         """The sparsity in force for each pruned tensor at this step. For N:M during the ramp,
         the fraction of weights below their group's (scaled) threshold, measured now."""
         result = {}
+        if any(t.nm is not None and 0.0 < t.progress < 1.0 for t in self.targets.values()):
+            self._meet_for_shards("current_sparsity()")
         for name, target in self.targets.items():
             if target.nm is not None and 0.0 < target.progress < 1.0:
                 weight = target.parameter.detach()
@@ -193,6 +195,10 @@ class WeightPruner(Pruner[WeightConfig, WeightTarget]):
             return target.kept_after_hardening
         count = torch.tensor([float(local_part(weight).count_nonzero())], dtype=torch.float64)
         return int(shards_of(weight, name).reduce(count, "sum").item())
+
+    def _meet_for_shards(self, call: str) -> None:
+        if distributed() and any(is_sharded(t.parameter) for t in self.targets.values()):
+            meet(call, "which all-reduces over the rows of weights that FSDP2 shards")
 
     def _previews_uniform(self) -> bool:
         """Whether budgets not fixed yet preview as uniform: a global ranking of sharded weights."""
