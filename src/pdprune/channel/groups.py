@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from pdprune.engine.sharding import local_along, local_part
 from pdprune.patterns.specs import is_transformers_conv1d
 
 __all__ = [
@@ -164,6 +165,29 @@ class ChannelGroup:
             weights.append((weight, dim))
         return weights
 
+    def score_parts(self, norm: str = "l2") -> list[tuple[torch.Tensor, int, int, int]]:
+        """What :meth:`scale_weights` (``"l2"``) or :meth:`scored_weights` (``"l1"``) read, as
+        stored: (weight, channel axis, copies, runs), copies and runs still interleaved along
+        the channel axis, for scores summed per row first (weights FSDP2 shards by rows)."""
+        norms = self._affine_norms() if norm == "l2" else []
+        if norms:
+            return [(p, 0, 1, 1) for module in norms for p in (module.weight, module.bias) if p is not None]
+        return [(m.weight, m.weight_dim, m.fold, m.repeat) for m in self.members if m.scored]
+
+    def fold_channels(self, per_index: torch.Tensor, copies: int, runs: int) -> torch.Tensor:
+        """Per-index sums along a channel axis that holds ``copies`` stacked copies of the group's
+        channels and ``runs`` side-by-side runs of each unit, summed into one per channel."""
+        if copies == 1 and runs == 1:
+            return per_index
+        return per_index.view(copies, self.channels, runs, self.width).sum((0, 2)).reshape(-1)
+
+    def _affine_norms(self) -> list[nn.Module]:
+        return [
+            m.module
+            for m in self.members
+            if isinstance(m.module, NORM_TYPES) and getattr(m.module, "affine", False)
+        ]
+
     def scale_weights(self) -> list[tuple[torch.Tensor, int]]:
         """The parameters that set the channels' output scale, which PDP's channel norm measures.
 
@@ -171,11 +195,7 @@ class ChannelGroup:
         longer depends on the conv or Linear weights' scale, only on the norm's weight and bias,
         so those are the channel's parameters then; without such a norm, the Linear/conv weights.
         """
-        norms = [
-            m.module
-            for m in self.members
-            if isinstance(m.module, NORM_TYPES) and getattr(m.module, "affine", False)
-        ]
+        norms = self._affine_norms()
         if norms:
             return [(p, 0) for norm in norms for p in (norm.weight, norm.bias) if p is not None]
         return self.scored_weights()
@@ -307,9 +327,10 @@ def zero_channels(
             laid = group.lay_out(member, keep)
             for param_name, dim in member.channel_params():
                 parameter = getattr(module, param_name)
+                here = local_along(parameter, laid, dim)  # of a weight FSDP2 shards, this rank's rows
                 shape = [1] * parameter.dim()
                 shape[dim] = -1
-                parameter.masked_fill_(~laid.view(shape), 0)  # +0.0, not the -0.0 a multiply leaves
+                local_part(parameter).masked_fill_(~here.view(shape), 0)  # +0.0, not a multiply's -0.0
             running = getattr(module, "running_mean", None)
             if isinstance(running, torch.Tensor) and running.shape == laid.shape:
                 # A norm without affine parameters outputs -mean/std for a zero input channel in

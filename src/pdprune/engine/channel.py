@@ -23,6 +23,8 @@ from pdprune.channel.report import ChannelLayerReport, ChannelReport
 from pdprune.channel.trace import find_channel_groups
 from pdprune.config import ChannelConfig
 from pdprune.engine.base import MaskInTraining, Pruner
+from pdprune.engine.collective import distributed, meet
+from pdprune.engine.sharding import is_sharded
 from pdprune.patterns.channels import ChannelHook, ChannelTarget
 from pdprune.patterns.weights import default_filter
 from pdprune.schedule import settle_fraction
@@ -38,6 +40,13 @@ class ChannelPruner(Pruner[ChannelConfig, ChannelTarget]):
 
     def __init__(self, model: nn.Module, config: ChannelConfig, example_inputs: Any) -> None:
         pattern = config.pattern
+        sharded = [name for name, p in model.named_parameters() if is_sharded(p)]
+        if sharded:
+            raise ValueError(
+                f"{type(model).__name__} is already sharded by FSDP2 ({sharded[0]} is a DTensor): channel "
+                "pruning traces the coupled channels on the whole model, so call pdprune.prepare "
+                "before fully_shard"
+            )
         example_inputs = plain_inputs(example_inputs)
         self.example_spec = input_spec(example_inputs)  # fails now, not after training, if it cannot be saved
         self.graph, groups, self.skipped = find_channel_groups(
@@ -93,6 +102,13 @@ class ChannelPruner(Pruner[ChannelConfig, ChannelTarget]):
             raise RuntimeError("call finalize() first")
         if self.shrunk:
             raise RuntimeError("this model is already shrunk")
+        sharded = [name for t in self.targets.values() for name in t.sharded()]
+        if sharded:
+            raise RuntimeError(
+                f"FSDP2 shards {sharded[0]}: layers cannot shrink while their rows are spread over "
+                "ranks. Gather the finalized model's full state dict, load it into a model of the same "
+                "class on one process, and shrink there (docs/distributed.md, 'Channels under FSDP2')"
+            )
         regrown = [name for name, group in self.groups.items() if _nonzero_in_pruned(group, self.kept[name])]
         if regrown:
             raise RuntimeError(
@@ -203,6 +219,10 @@ class ChannelPruner(Pruner[ChannelConfig, ChannelTarget]):
             handles += hook.attach(member.module)
         return handles
 
+    def _meet_for_shards(self, call: str) -> None:
+        if distributed() and any(t.sharded() or t.sharded("l1") for t in self.targets.values()):
+            meet(call, "which all-reduces the channel norms of weights that FSDP2 shards")
+
     def _compute_budgets(self, preview: bool, call: str) -> dict[str, float]:
         return {name: float(keep) for name, keep in self.keep.items()}  # fixed by the costs, not the weights
 
@@ -227,7 +247,7 @@ class ChannelPruner(Pruner[ChannelConfig, ChannelTarget]):
         self.kept[target.name] = keep
 
     def _versions(self) -> list[int]:
-        return [weight._version for t in self.targets.values() for weight, _ in t.group.scored_weights()]
+        return [weight._version for t in self.targets.values() for weight, *_ in t.group.score_parts("l1")]
 
     def _never_called(self) -> list[str]:
         return [f"{hook.member.name} (group {hook.target.name})" for hook in self._hooks if hook.calls == 0]

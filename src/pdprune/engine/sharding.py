@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["Shards", "is_sharded", "local_part", "shards_of"]
+__all__ = ["Shards", "is_sharded", "local_along", "local_part", "row_range", "shards_of"]
 
 
 def _dtensor_type() -> type | None:
@@ -38,6 +38,24 @@ def local_part(tensor: torch.Tensor) -> torch.Tensor:
     changes to it change the DTensor."""
     dtensor = _dtensor_type()
     return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor) else tensor
+
+
+def row_range(rows: int, index: int, count: int) -> tuple[int, int]:
+    """The rows ``[start, stop)`` that shard ``index`` of ``count`` holds of ``rows``: FSDP2's
+    even split (``torch.chunk``), so the last ranks may hold fewer rows or none."""
+    per_shard = -(-rows // count)
+    start = min(index * per_shard, rows)
+    return start, min(start + per_shard, rows)
+
+
+def local_along(tensor: torch.Tensor, values: torch.Tensor, dim: int) -> torch.Tensor:
+    """The part of ``values`` (one per index along ``tensor``'s ``dim``) that applies to what
+    this rank holds of ``tensor``: its rows' part along dim 0 of a sharded tensor, else all."""
+    if dim != 0 or not is_sharded(tensor):
+        return values
+    mesh = tensor.device_mesh  # type: ignore[attr-defined]
+    start, stop = row_range(tensor.shape[0], mesh.get_local_rank(), mesh.size())
+    return values[start:stop]
 
 
 @dataclass(frozen=True)

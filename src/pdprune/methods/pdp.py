@@ -238,6 +238,8 @@ class PDP(Method):
         keep_now = target.keep_now()
         if keep_now == target.units:
             return torch.ones(target.units, device=target.device)
+        if target.sharded():  # in a forward: the group's weights must all be gathered here
+            raise ValueError(target.split_across_units_error())
         if target.temperature_scale <= 0.0:
             return channel_keep(self._checked_scores(target), keep_now).float()
         live = target.scores(detach=False)
