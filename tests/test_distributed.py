@@ -96,3 +96,57 @@ def test_pruner_state_keys_do_not_depend_on_the_ddp_wrapper(tmp_path):
     assert {k: bool(v.equal(again.masks()[k])) for k, v in pruner.masks().items()} == dict.fromkeys(
         saved["budgets"], True
     )
+
+
+SAME_DATA_CASES = ["global-before", "erk-before", "2:4-before", "srste-2:4-after", "ties-global"]
+
+
+def _same_data_worker(rank: int, world: int, store_file: str, result_dir: str) -> None:
+    """Every rank trains on the whole batch, as the FSDP2 tests do: DDP's averaged gradients
+    then equal one process's, and the pruned result must too."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from tests.test_fsdp import CASES, _config, _model, _outcome, _train
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+    try:
+        results = {}
+        for name in SAME_DATA_CASES:
+            case = CASES[name]
+            model = _model(case)
+            if case["order"] == "before":
+                pruner = pdprune.prepare(model, _config(case))
+                wrapped = DistributedDataParallel(model)
+            else:
+                wrapped = DistributedDataParallel(model)
+                pruner = pdprune.prepare(wrapped, _config(case))
+            preview: list = []
+            _train(wrapped, pruner, preview, case.get("lr", 0.05))
+            results[name] = _outcome(model, pruner, preview)
+        torch.save(results, os.path.join(result_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+@pytest.mark.parametrize("world", [2, 4], ids=["2 ranks", "4 ranks"])
+def test_ddp_prunes_exactly_as_one_process(tmp_path, world):
+    from tests.test_fsdp import CASES, _config, _model, _outcome, _train
+
+    mp.spawn(_same_data_worker, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
+    for name in SAME_DATA_CASES:
+        case = CASES[name]
+        model = _model(case)
+        pruner = pdprune.prepare(model, _config(case))
+        preview: list = []
+        _train(model, pruner, preview, case.get("lr", 0.05))
+        expected = _outcome(model, pruner, preview)
+        for rank in ranks:
+            got = rank[name]
+            assert got["budgets"] == expected["budgets"], name
+            assert got["kept"] == expected["kept"], name
+            for key, value in expected["weights"].items():
+                assert torch.equal(got["weights"][key], value), (name, key)

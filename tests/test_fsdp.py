@@ -124,6 +124,38 @@ def _errors(rank: int, fully_shard) -> dict[str, str]:
     return errors
 
 
+HSDP_CASES = ["global-before", "2:4-before"]
+
+
+def _hsdp(fully_shard) -> tuple[dict, str]:
+    """HSDP on a 2 x 2 mesh (rows split over one dimension, replicated over the other): the
+    outcome of each case in HSDP_CASES; and the error for weights split along their columns."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    outcomes = {}
+    for name in HSDP_CASES:
+        case = CASES[name]
+        model = _model(case)
+        pruner = pdprune.prepare(model, _config(case))
+        for layer in (model[0], model[2], model[4]):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        preview: list = []
+        _train(model, pruner, preview, case.get("lr", 0.05))
+        outcomes[name] = _outcome(model, pruner, preview)
+    model = _model({})
+    pruner = pdprune.prepare(model, _config({"budget": "uniform"}))
+    fully_shard(model, mesh=mesh["shard"], shard_placement_fn=lambda p: Shard(1) if p.dim() == 2 else None)
+    try:
+        pruner.finalize()
+        layout = "finalized"
+    except ValueError as error:
+        layout = str(error)
+    return outcomes, layout
+
+
 def _run_sharded(
     rank: int, fully_shard, stop: int, save: Path | None = None, load: Path | None = None
 ) -> dict:
@@ -200,6 +232,8 @@ def _worker(rank: int, world: int, store_file: str, result_dir: str, names: list
             preview: list = []
             _train(model, pruner, preview, case.get("lr", 0.05))
             results[name] = _outcome(model, pruner, preview)
+        if world == 4:
+            results["hsdp"], results["layout"] = _hsdp(fully_shard)
         if world == 2:
             results["errors"] = _errors(rank, fully_shard)
             # Interrupted in the ramp (step 9 of 24) and resumed from a sharded checkpoint.
@@ -239,6 +273,22 @@ def test_fsdp2_prunes_exactly_as_one_process(tmp_path, world, names):
             assert all("previewed as uniform" in note for note in notes), notes
         else:
             assert not any("previewed" in note for note in notes), notes
+    if world == 4:
+        for name in HSDP_CASES:
+            case = CASES[name]
+            model = _model(case)
+            pruner = pdprune.prepare(model, _config(case))
+            preview = []
+            _train(model, pruner, preview, case.get("lr", 0.05))
+            expected = _outcome(model, pruner, preview)
+            for rank in ranks:
+                got = rank["hsdp"][name]
+                assert got["budgets"] == expected["budgets"] and got["kept"] == expected["kept"], name
+                for key, value in expected["weights"].items():
+                    assert torch.equal(got["weights"][key], value), ("hsdp", name, key)
+        for rank in ranks:
+            assert "0.weight is sharded as (Shard(dim=1),)" in rank["layout"], rank["layout"]
+            assert "exclude=[...]" in rank["layout"]
     if world != 2:
         return
     for rank in ranks:

@@ -327,7 +327,9 @@ def zero_channels(
             laid = group.lay_out(member, keep)
             for param_name, dim in member.channel_params():
                 parameter = getattr(module, param_name)
-                here = local_along(parameter, laid, dim)  # of a weight FSDP2 shards, this rank's rows
+                here = local_along(
+                    parameter, laid, dim, f"{member.name}.{param_name}"
+                )  # its rows, if sharded
                 shape = [1] * parameter.dim()
                 shape[dim] = -1
                 local_part(parameter).masked_fill_(~here.view(shape), 0)  # +0.0, not a multiply's -0.0

@@ -2,7 +2,8 @@
 
 Inside a forward FSDP2 gathers each layer's whole weight, so PDP's masks and thresholds there
 need nothing from pdprune. Outside it each rank holds rows ``[r * c, (r + 1) * c)`` of every
-weight (``Shard(0)`` on a one-dimensional mesh), and what the pruner computes from the weights
+weight (``Shard(0)`` on a one-dimensional mesh; under HSDP, on the shard dimension of a 2-D
+mesh, with replicas along the other), and what the pruner computes from the weights
 there (global budgets, hard masks, counts) runs on each rank's rows with a few all-reduces of
 histograms and counts, through :class:`Shards`. These are collective: every rank makes the call.
 """
@@ -48,13 +49,14 @@ def row_range(rows: int, index: int, count: int) -> tuple[int, int]:
     return start, min(start + per_shard, rows)
 
 
-def local_along(tensor: torch.Tensor, values: torch.Tensor, dim: int) -> torch.Tensor:
+def local_along(tensor: torch.Tensor, values: torch.Tensor, dim: int, name: str) -> torch.Tensor:
     """The part of ``values`` (one per index along ``tensor``'s ``dim``) that applies to what
-    this rank holds of ``tensor``: its rows' part along dim 0 of a sharded tensor, else all."""
+    this rank holds of ``tensor`` (``name``, for errors): its rows' part along dim 0 of a sharded
+    tensor, else all."""
     if dim != 0 or not is_sharded(tensor):
         return values
-    mesh = tensor.device_mesh  # type: ignore[attr-defined]
-    start, stop = row_range(tensor.shape[0], mesh.get_local_rank(), mesh.size())
+    shards = shards_of(tensor, name)
+    start, stop = row_range(tensor.shape[0], shards.index, shards.count)
     return values[start:stop]
 
 
@@ -82,18 +84,18 @@ class Shards:
 
 
 def shards_of(tensor: torch.Tensor, name: str) -> Shards:
-    """The :class:`Shards` of a sharded ``tensor``; a clear error for layouts pdprune cannot
-    split its selections over (anything but rows over a one-dimensional mesh)."""
-    from torch.distributed.tensor import Shard
-
+    """The :class:`Shards` of a sharded ``tensor``: the ranks of the mesh dimension that splits
+    its rows (FSDP2's one dimension, or HSDP's shard dimension; replicas along the others
+    compute the same). A clear error for layouts pdprune cannot split its selections over."""
     mesh = tensor.device_mesh  # type: ignore[attr-defined]
     placements = tuple(tensor.placements)  # type: ignore[attr-defined]
-    if mesh.ndim != 1 or placements != (Shard(0),):
+    split = [d for d, placement in enumerate(placements) if placement.is_shard()]
+    rows_only = len(split) == 1 and placements[split[0]].is_shard(dim=0)
+    if not rows_only or not all(p.is_shard() or p.is_replicate() for p in placements):
         raise ValueError(
             f"{name} is sharded as {placements} over a {mesh.ndim}-dimensional device mesh; pdprune "
-            "prunes weights sharded along their rows over one mesh dimension, which is what "
-            "fully_shard(module) does by default. Shard with fully_shard on a 1-D mesh (for "
-            "HSDP, keep the pruned layers out of the replicated mesh dimension), or leave this "
-            "layer out with exclude=[...]."
+            "prunes weights whose rows are split over one mesh dimension and replicated over any "
+            "others, which is what fully_shard(module) does on a 1-D mesh and HSDP on a 2-D one. "
+            "Leave tensor-parallel layers out with exclude=[...], or shard them with fully_shard alone."
         )
-    return Shards(mesh.get_group(), mesh.get_local_rank(), mesh.size())
+    return Shards(mesh.get_group(split[0]), mesh.get_local_rank(split[0]), mesh.size(split[0]))
