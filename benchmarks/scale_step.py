@@ -10,7 +10,8 @@ rank and counted at the slowest rank's time; the table gives medians over all ro
 
 pdprune's own collectives are counted by wrapping ``torch.distributed``'s collectives (and the
 store meetings that guard them) while ``pruner.step()`` runs: during the timed steps, and at the
-step that ends warm-up and fixes the global budgets. FSDP2's and DDP's own traffic (gathering
+step that ends warm-up and fixes the global budgets; and in ``finalize()``, which hardens the
+masks after the timed steps. FSDP2's and DDP's own traffic (gathering
 weights, averaging gradients) is the same for dense and PDP and not counted. Writes
 scale_step_<tag>.json and .md to benchmarks/results/scale/.
 
@@ -28,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -42,7 +44,7 @@ from pdprune.io import atomic_write_json, atomic_write_text
 from pdprune.machine import machine_info
 
 OUT = RESULTS / "scale"
-WIDTHS = (1024, 2048, 2048, 1024)  # 6.3M weights
+WIDTHS = (1024, 2048, 2048, 1024)  # 8.4M weights
 WRAPS = ("ddp", "fsdp2")
 _COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor")
 
@@ -150,13 +152,21 @@ def _train(variant: str, wrap: str, args: argparse.Namespace, rank: int, traffic
         if step >= args.warm:
             seconds.append(elapsed)
             in_pruner.append(pruner_seconds if pruner is not None else 0.0)
+    timed_traffic = traffic.take()
+    finalize_traffic = None
+    if pruner is not None:
+        with warnings.catch_warnings(), traffic.counting():
+            warnings.simplefilter("ignore")  # hardening mid-ramp, on purpose
+            pruner.finalize()
+        finalize_traffic = traffic.take()
     slowest = torch.tensor(seconds, dtype=torch.float64)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
     return {
         "step_seconds": slowest.tolist(),
         "pruner_step_seconds": in_pruner,
-        "traffic": traffic.take(),
+        "traffic": timed_traffic,
         "budget_traffic": budget_traffic,
+        "finalize_traffic": finalize_traffic,
     }
 
 
@@ -201,6 +211,7 @@ def measure(wrap: str, world: int, args: argparse.Namespace) -> dict:
         "pruner_step_seconds": statistics.median(in_pruner),
         "pdprune_traffic_per_step": traffic,
         "budget_step_traffic": budget,
+        "finalize_traffic": runs["pdp"][0]["finalize_traffic"],
         "steps": {"dense": dense, "pdp": pdp},
     }
 
@@ -222,14 +233,16 @@ def markdown(result: dict) -> str:
         "variant, dense and PDP alternating; a step counts at its slowest rank; medians in ms. "
         "pdprune's traffic: the collectives made inside `pruner.step()`, per timed step, and at the "
         "one step that fixes the global budgets (calls, KiB, ms, and the store meetings that guard "
-        "them).",
+        "them), and in `finalize()`.",
         "",
         "| wrap | ranks | dense step | PDP step | PDP / dense | in pruner.step() | pdprune collectives "
-        "per step | their time, % of PDP step | budget step: calls, KiB, ms, meetings |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "per step | their time, % of PDP step | budget step: calls, KiB, ms, meetings "
+        "| finalize(): calls, KiB, ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         per_step, budget = r["pdprune_traffic_per_step"], r["budget_step_traffic"] or {}
+        final = r["finalize_traffic"]
         cells = [
             r["wrap"],
             str(r["ranks"]),
@@ -241,6 +254,7 @@ def markdown(result: dict) -> str:
             f"{100 * per_step['seconds'] / r['pdp_step_seconds']:.2f}%",
             f"{budget.get('calls', 0)}, {budget.get('bytes', 0) / 1024:.0f}, "
             f"{budget.get('seconds', 0) * 1e3:.1f}, {budget.get('meetings', 0)}",
+            f"{final['calls']}, {final['bytes'] / 1024:.0f}, {final['seconds'] * 1e3:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

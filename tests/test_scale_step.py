@@ -24,5 +24,9 @@ def test_scale_step_counts_only_the_collectives_pdprune_makes(tmp_path):
     assert runs[("ddp", 2)]["budget_step_traffic"]["meetings"] == 1
     fsdp = runs[("fsdp2", 2)]["budget_step_traffic"]
     assert fsdp["calls"] >= 3 and fsdp["bytes"] >= 2 * 65536 * 8
+    # Hardening: nothing to agree on under DDP (every rank holds the whole weights); under FSDP2
+    # the exact selection over each layer's shards (histograms and counts, per layer).
+    assert runs[("ddp", 2)]["finalize_traffic"]["calls"] == 0
+    assert runs[("fsdp2", 2)]["finalize_traffic"]["calls"] >= 2 * 2  # two layers
     table = (tmp_path / "scale_step_t.md").read_text()
     assert "| fsdp2 | 2 |" in table and "MLP 32-64-16" in table

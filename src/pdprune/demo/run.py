@@ -22,8 +22,10 @@ __all__ = [
     "DEFAULT_EPOCHS",
     "ComparisonResult",
     "DemoTarget",
+    "build_model",
     "demo_target",
     "run_comparison",
+    "target_config",
 ]
 
 DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 8}
@@ -97,7 +99,7 @@ class ComparisonResult:
         }
 
 
-def _config(target: DemoTarget, tau: float | None, schedule: pdprune.Schedule) -> pdprune.PruneConfig:
+def target_config(target: DemoTarget, tau: float | None, schedule: pdprune.Schedule) -> pdprune.PruneConfig:
     """Only the settings that apply to the pattern: channels take their tau inside Channels (relative
     to t^2), N:M takes no sparsity and leaves the layers it cannot divide dense. A ``tau`` of None
     keeps the library's default temperature."""
@@ -112,7 +114,8 @@ def _config(target: DemoTarget, tau: float | None, schedule: pdprune.Schedule) -
     return pdprune.PruneConfig(sparsity=target.sparsity, schedule=schedule, **temperature)
 
 
-def _build_model(image_shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
+def build_model(image_shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
+    """The demo's :class:`SmallCNN` for images of ``image_shape``, initialised from ``seed``."""
     torch.manual_seed(seed)
     channels, side, _ = image_shape
     return SmallCNN(in_channels=channels, num_classes=num_classes, image_size=side)
@@ -143,7 +146,7 @@ def run_comparison(
     ramp = ramp if ramp is not None else (CHANNEL_RAMP if target.channels else 0.5)
 
     def config_for(total: int) -> pdprune.PruneConfig:
-        return _config(target, tau, pdprune.Schedule(total_steps=total, warmup=warmup, ramp=ramp))
+        return target_config(target, tau, pdprune.Schedule(total_steps=total, warmup=warmup, ramp=ramp))
 
     probe = config_for(100)  # a bad tau fails here, before any training
     temperature = (
@@ -155,12 +158,12 @@ def run_comparison(
     def settings(description: str) -> TrainSettings:
         return TrainSettings(epochs=epochs, seed=seed, progress=progress, description=description)
 
-    dense = _build_model(data.image_shape, data.num_classes, seed)
+    dense = build_model(data.image_shape, data.num_classes, seed)
     started = time.perf_counter()
     train(dense, data, settings("dense"))
     dense_seconds = time.perf_counter() - started
 
-    pruned = _build_model(data.image_shape, data.num_classes, seed)
+    pruned = build_model(data.image_shape, data.num_classes, seed)
     started = time.perf_counter()
     example = data.x_train[:2] if target.channels else None
     pruner = train(
