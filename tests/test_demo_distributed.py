@@ -23,6 +23,7 @@ def _torchrun(*arguments: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 @pytest.mark.parametrize("wrap, pattern", [("fsdp2", "unstructured"), ("fsdp2", "channel"), ("ddp", "2:4")])
 def test_the_distributed_demo_prunes_and_saves_what_it_reports(tmp_path, wrap, pattern):

@@ -203,7 +203,9 @@ def _worker(rank: int, world: int, store_file: str, result_dir: str, wrap: str) 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 @pytest.mark.parametrize(
-    "wrap, world", [("fsdp2", 2), ("fsdp2", 4), ("ddp", 2)], ids=["FSDP2 2 ranks", "FSDP2 4 ranks", "DDP"]
+    "wrap, world",
+    [("fsdp2", 2), pytest.param("fsdp2", 4, marks=pytest.mark.slow), ("ddp", 2)],
+    ids=["FSDP2 2 ranks", "FSDP2 4 ranks", "DDP"],
 )
 def test_channel_pruning_over_ranks_keeps_what_one_process_keeps(tmp_path, wrap, world):
     mp.spawn(_worker, args=(world, str(tmp_path / "store"), str(tmp_path), wrap), nprocs=world, join=True)

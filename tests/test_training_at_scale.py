@@ -35,6 +35,7 @@ def _rank(rank: int, world: int, port: int, folder: str) -> None:
             dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_the_hugging_face_fsdp2_example_prunes_the_encoder_to_2_4(tmp_path):
     from transformers import AutoModelForSequenceClassification
