@@ -112,6 +112,12 @@ def _errors(rank: int, fully_shard) -> dict[str, str]:
             pruner.step()
     except ValueError as error:
         errors["gmp"] = str(error)
+    try:  # a checkpoint of a sharded model: refused before anything is written
+        pdprune.export.save_sparse(
+            model, Path(os.environ.get("TMPDIR", "/tmp")) / f"never-{rank}.safetensors"
+        )
+    except ValueError as error:
+        errors["export"] = str(error)
     # 2:4 groups along a transposed convolution's rows: 12 rows, 6 per rank, so groups straddle.
     model = nn.Sequential(nn.ConvTranspose1d(12, 4, 1))
     schedule = pdprune.Schedule(total_steps=4, warmup=0, ramp=0)
@@ -300,6 +306,8 @@ def test_fsdp2_prunes_exactly_as_one_process(tmp_path, world, names):
         assert "prune with PDP" in rank["errors"]["gmp"]
         assert "0.weight: 2:4 groups run along dim 0" in rank["errors"]["straddle"]
         assert "6 rows per rank" in rank["errors"]["straddle"]
+        assert "is sharded across ranks (FSDP2)" in rank["errors"]["export"]
+        assert "full_state_dict=True" in rank["errors"]["export"]
 
 
 def _finalize_alone(rank: int, store_file: str, result_dir: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pdprune.engine.sharding import is_sharded
 from pdprune.errors import CheckpointError
 from pdprune.integrity import canonical_json, tensor_digest, text_digest
 
@@ -89,6 +90,14 @@ def untied_state(
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} is a {type(tensor).__name__}, not a tensor")
+        if is_sharded(tensor):
+            raise ValueError(
+                f"{name} is sharded across ranks (FSDP2): a checkpoint needs whole tensors. Gather them "
+                "first on every rank, state = get_model_state_dict(model, options=StateDictOptions("
+                "full_state_dict=True, cpu_offload=True)) from torch.distributed.checkpoint.state_dict; "
+                "then, on rank 0, pass that state to save_sparse, or load it into an unsharded model "
+                "for save_dense"
+            )
         key = (
             str(tensor.device),
             tensor.untyped_storage().data_ptr(),
