@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -106,3 +109,15 @@ def run_as_ranks(world: int, work):
     if errors:
         raise errors[0]
     return results
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Compute with one torch thread, as the spawned ranks do: a convolution's float sums can
+    change with the thread count, and results across processes are compared bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -110,7 +110,17 @@ def test_no_import_cycles_and_layers_import_only_from_below():
 
     root = Path(pdprune.__file__).parent
     layers = [
-        ("io", "errors", "integrity", "machine", "functional", "kernels", "schedule", "patterns.specs"),
+        (
+            "io",
+            "errors",
+            "integrity",
+            "machine",
+            "sharding",
+            "functional",
+            "kernels",
+            "schedule",
+            "patterns.specs",
+        ),
         ("channel", "report"),
         ("patterns",),
         ("methods", "baselines"),

@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pdprune.engine.sharding import local_along, local_part
 from pdprune.patterns.specs import is_transformers_conv1d
+from pdprune.sharding import local_along, local_part
 
 __all__ = [
     "CONV_TYPES",

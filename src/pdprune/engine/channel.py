@@ -24,10 +24,10 @@ from pdprune.channel.trace import find_channel_groups
 from pdprune.config import ChannelConfig
 from pdprune.engine.base import MaskInTraining, Pruner
 from pdprune.engine.collective import distributed, meet
-from pdprune.engine.sharding import is_sharded
 from pdprune.patterns.channels import ChannelHook, ChannelTarget
 from pdprune.patterns.weights import default_filter
 from pdprune.schedule import settle_fraction
+from pdprune.sharding import is_sharded
 
 __all__ = ["ChannelPruner"]
 

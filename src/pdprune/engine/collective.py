@@ -3,7 +3,7 @@
 Budgets are fixed once, when pruning starts, from rank 0's view, so every rank prunes the same
 layers equally. That happens inside ``step()`` (every rank calls it) or, if warm-up has not
 ended, inside ``finalize()``. Under FSDP2 hardening and a few views also all-reduce statistics of
-sharded weights (see :mod:`pdprune.engine.sharding`). A rank that gets to a collective alone
+sharded weights (see :mod:`pdprune.sharding`). A rank that gets to a collective alone
 would wait silently until the process group's timeout, so the ranks first meet at the store: a
 rank kept waiting warns after ``WARN_AFTER`` which ranks are missing and which calls every rank
 must make, and raises with that message after ``MEET_TIMEOUT``. A rank that is merely slow

@@ -19,7 +19,6 @@ from torch import nn
 from pdprune.config import NMConfig, UnstructuredConfig, WeightConfig
 from pdprune.engine.base import MaskInTraining, Pruner
 from pdprune.engine.collective import distributed, meet, shared_values
-from pdprune.engine.sharding import Shards, is_sharded, local_part, shards_of
 from pdprune.functional import erk_budgets, global_magnitude_budgets, keep_count, nm_hard_mask
 from pdprune.functional.masks import nonfinite_error
 from pdprune.functional.select import top_magnitude_mask
@@ -34,6 +33,7 @@ from pdprune.patterns.weights import (
 )
 from pdprune.report import LayerReport, PruneReport
 from pdprune.schedule import settle_fraction
+from pdprune.sharding import Shards, is_sharded, local_part, shards_of
 
 __all__ = ["NMPruner", "UnstructuredPruner", "WeightPruner"]
 

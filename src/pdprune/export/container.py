@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdprune.engine.sharding import is_sharded
 from pdprune.errors import CheckpointError
 from pdprune.integrity import canonical_json, tensor_digest, text_digest
+from pdprune.sharding import is_sharded
 
 __all__ = [
     "DTYPES",

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from pdprune.channel.groups import ChannelGroup, ChannelMember
-from pdprune.engine.sharding import is_sharded, local_part, row_range, shards_of
 from pdprune.functional import channel_scores, check_finite
 from pdprune.functional.masks import nonfinite_error
 from pdprune.patterns.hooks import ParameterSwapHook
 from pdprune.patterns.weights import replaced
+from pdprune.sharding import is_sharded, local_part, row_range, shards_of
 
 __all__ = ["ChannelHook", "ChannelTarget"]
 
