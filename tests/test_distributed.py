@@ -100,7 +100,26 @@ def test_pruner_state_keys_do_not_depend_on_the_ddp_wrapper(tmp_path):
     )
 
 
-SAME_DATA_CASES = ["global-before", "erk-before", "2:4-before", "srste-2:4-after", "ties-global"]
+SAME_DATA_CASES = [
+    "global-before",
+    "erk-before",
+    "2:4-before",
+    "srste-2:4-after",
+    "ties-global",
+    "gmp-global",
+    "oneshot-uniform",
+]
+# The magnitude baselines keep a whole mask per layer, which DDP allows (FSDP2 does not yet).
+BASELINE_CASES = {
+    "gmp-global": {"budget": "global", "order": "before", "method": pdprune.baselines.GMP()},
+    "oneshot-uniform": {"budget": "uniform", "order": "after", "method": pdprune.baselines.OneShot()},
+}
+
+
+def _cases() -> dict:
+    from tests.test_fsdp import CASES
+
+    return {**CASES, **BASELINE_CASES}
 
 
 def _same_data_worker(rank: int, world: int, store_file: str, result_dir: str) -> None:
@@ -109,14 +128,14 @@ def _same_data_worker(rank: int, world: int, store_file: str, result_dir: str) -
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
-    from tests.test_fsdp import CASES, _config, _model, _outcome, _train
+    from tests.test_fsdp import _config, _model, _outcome, _train
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
     try:
         results = {}
         for name in SAME_DATA_CASES:
-            case = CASES[name]
+            case = _cases()[name]
             model = _model(case)
             if case["order"] == "before":
                 pruner = pdprune.prepare(model, _config(case))
@@ -136,12 +155,12 @@ def _same_data_worker(rank: int, world: int, store_file: str, result_dir: str) -
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 @pytest.mark.parametrize("world", [2, 4], ids=["2 ranks", "4 ranks"])
 def test_ddp_prunes_exactly_as_one_process(tmp_path, world):
-    from tests.test_fsdp import CASES, _config, _model, _outcome, _train
+    from tests.test_fsdp import _config, _model, _outcome, _train
 
     mp.spawn(_same_data_worker, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
     for name in SAME_DATA_CASES:
-        case = CASES[name]
+        case = _cases()[name]
         model = _model(case)
         pruner = pdprune.prepare(model, _config(case))
         preview: list = []
