@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import itertools
 import json
 import os
@@ -173,6 +174,7 @@ def _train(variant: str, wrap: str, args: argparse.Namespace, rank: int, traffic
 def _rank(rank: int, world: int, store: str, wrap: str, args: argparse.Namespace, out: str) -> None:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+    faulthandler.enable()  # a rank that dies of a signal prints where
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     traffic = Traffic()
@@ -186,6 +188,12 @@ def _rank(rank: int, world: int, store: str, wrap: str, args: argparse.Namespace
     finally:
         traffic.restore()
         dist.destroy_process_group()
+    # Skip the interpreter's teardown once the results are written: gloo's worker threads can
+    # still be releasing the last collective's tensors while Python finalizes, and a thread that
+    # needs the GIL then aborts the process (SIGABRT). A failing rank raised above instead.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def measure(wrap: str, world: int, args: argparse.Namespace) -> dict:

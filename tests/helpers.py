@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
+import os
+import sys
 from collections.abc import Iterator
+from typing import NoReturn
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 import pdprune
@@ -121,3 +126,22 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def start_rank(rank: int, world: int, store_file: str) -> None:
+    """Join a spawned rank to a gloo group: one torch thread, and a Python stack printed should
+    the process die of a signal, so a crash in CI says where it happened."""
+    faulthandler.enable()
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+
+
+def exit_rank() -> NoReturn:
+    """End a spawned rank whose work succeeded and whose process group is destroyed, without the
+    interpreter's teardown. Gloo's worker threads can still be releasing the last collective's
+    tensors while Python finalizes; a thread that needs the GIL then aborts the process
+    ("terminate called without an active exception", SIGABRT) after every result was written.
+    Call it after the ``try/finally`` that destroys the group, so a failing rank still raises."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import pdprune
-from tests.helpers import one_thread
+from tests.helpers import exit_rank, one_thread, start_rank
 
 WORLD = 2
 STEPS = 30
@@ -24,8 +24,7 @@ def _worker(rank: int, store_file: str, result_dir: str) -> None:
         sys.path.insert(0, root)
     from tests.helpers import batch, config, mlp
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=WORLD)
+    start_rank(rank, WORLD, store_file)
     try:
         # Different initial weights per rank: DDP broadcasts rank 0's, and masks must follow.
         model = mlp(seed=rank)
@@ -59,6 +58,7 @@ def _worker(rank: int, store_file: str, result_dir: str) -> None:
         dist.barrier()  # no rank tears down while another still talks to it
     finally:
         dist.destroy_process_group()
+    exit_rank()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
@@ -130,8 +130,7 @@ def _same_data_worker(rank: int, world: int, store_file: str, result_dir: str) -
         sys.path.insert(0, root)
     from tests.test_fsdp import _config, _model, _outcome, _train
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+    start_rank(rank, world, store_file)
     try:
         results = {}
         for name in SAME_DATA_CASES:
@@ -150,6 +149,7 @@ def _same_data_worker(rank: int, world: int, store_file: str, result_dir: str) -
         dist.barrier()  # no rank tears down while another still talks to it
     finally:
         dist.destroy_process_group()
+    exit_rank()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")

@@ -17,7 +17,7 @@ from torch import nn
 import pdprune
 from pdprune.baselines import GMP, L1Channel, OneShot
 from pdprune.engine.base import _state_digest
-from tests.helpers import batch, config, mlp, train_steps
+from tests.helpers import batch, config, exit_rank, mlp, start_rank, train_steps
 
 
 def _channel_config(total=20, **kwargs):
@@ -454,8 +454,7 @@ def _meet_at_finalize(rank: int, store_file: str, result_dir: str, rank0_delay: 
 
     collective.WARN_AFTER = datetime.timedelta(seconds=1)
     collective.MEET_TIMEOUT = datetime.timedelta(seconds=5)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
+    start_rank(rank, 2, store_file)
     store = dist.distributed_c10d._get_default_store()
     try:
         pruner = pdprune.prepare(make_mlp(), make_config(warmup=10))
@@ -479,6 +478,7 @@ def _meet_at_finalize(rank: int, store_file: str, result_dir: str, rank0_delay: 
             store.wait(["done"], datetime.timedelta(seconds=60))
     finally:
         dist.destroy_process_group()
+    exit_rank()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import pdprune
-from tests.helpers import one_thread
+from tests.helpers import exit_rank, one_thread, start_rank
 
 STEPS = 24
 CASES = {
@@ -217,8 +217,7 @@ def _worker(rank: int, world: int, store_file: str, result_dir: str, names: list
         sys.path.insert(0, root)
     from torch.distributed.fsdp import fully_shard
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+    start_rank(rank, world, store_file)
     try:
         results = {}
         for name in names:
@@ -252,6 +251,7 @@ def _worker(rank: int, world: int, store_file: str, result_dir: str, names: list
         dist.barrier()  # no rank tears down while another still talks to it
     finally:
         dist.destroy_process_group()
+    exit_rank()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
@@ -329,8 +329,7 @@ def _finalize_alone(rank: int, store_file: str, result_dir: str) -> None:
 
     collective.WARN_AFTER = datetime.timedelta(seconds=1)
     collective.MEET_TIMEOUT = datetime.timedelta(seconds=4)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
+    start_rank(rank, 2, store_file)
     store = dist.distributed_c10d._get_default_store()
     try:
         model = _model({})
@@ -353,6 +352,7 @@ def _finalize_alone(rank: int, store_file: str, result_dir: str) -> None:
             store.wait(["done"], datetime.timedelta(seconds=60))
     finally:
         dist.destroy_process_group()
+    exit_rank()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import pdprune
-from tests.helpers import one_thread
+from tests.helpers import exit_rank, one_thread, start_rank
 
 STEPS = 16
 
@@ -180,8 +180,7 @@ def _worker(rank: int, world: int, store_file: str, result_dir: str, wrap: str) 
     from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+    start_rank(rank, world, store_file)
     try:
         results = {}
         for name, (build, method) in CASES.items():
@@ -201,6 +200,7 @@ def _worker(rank: int, world: int, store_file: str, result_dir: str, wrap: str) 
         dist.barrier()  # no rank tears down while another still talks to it
     finally:
         dist.destroy_process_group()
+    exit_rank()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")

@@ -1,5 +1,6 @@
 """docs/training-at-scale.md: the Hugging Face FSDP2 example runs as written on two gloo processes."""
 
+import faulthandler
 import os
 import socket
 import sys
@@ -20,12 +21,14 @@ def _rank(rank: int, world: int, port: int, folder: str) -> None:
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
+    from tests.helpers import exit_rank
     from tests.test_docs import run_example
 
     os.environ.update(
         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
     )
     os.chdir(folder)
+    faulthandler.enable()
     torch.set_num_threads(1)
     torch.manual_seed(0)  # the classifier head is new: the same start on every rank
     try:
@@ -33,6 +36,7 @@ def _rank(rank: int, world: int, port: int, folder: str) -> None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    exit_rank()
 
 
 @pytest.mark.slow
